@@ -1,0 +1,135 @@
+"""The command line (FIXED interface, design.md): ``python -m fedmm_lite {info,run,bench,encode}``.
+
+Bad input (a malformed dataset folder, an unknown option value) exits with status 2 and one line on
+stderr naming the file, row or option; never a Python traceback. Results go to stdout (JSON) or to
+``--json PATH``; progress bars go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import FedmmError
+
+BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap", "popularity")
+METHODS = ("id", "fedmr", "gfmfr")
+STRATEGIES = ("mix", "sum", "mlp", "gate")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints a usage block and exits 2; we print the single line that matters."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _add_data_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="world",
+                   help="world | world-quick | world-full | world-large | movielens-posters | a dataset folder")
+    p.add_argument("--seed", type=int, default=0, help="one seed makes a run repeatable")
+    p.add_argument("--quick", action="store_true", help="quick mode (same as FEDMM_QUICK=1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="python -m fedmm_lite",
+                            description="Federated multimodal recommendation, the book's command line.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    p = sub.add_parser("info", help="load a dataset and print its statistics as JSON")
+    _add_data_option(p)
+
+    p = sub.add_parser("run", help="train and evaluate one configuration; JSON result")
+    _add_data_option(p)
+    p.add_argument("--backbone", default="fedavg", choices=BACKBONES)
+    p.add_argument("--method", default="id", choices=METHODS)
+    p.add_argument("--strategy", default="mix", choices=STRATEGIES)
+    p.add_argument("--modalities", default="id,text,image", help="comma list of id, text, image")
+    p.add_argument("--rounds", type=int, default=None, help="communication rounds (0 = evaluate untrained)")
+    p.add_argument("--local-epochs", type=int, default=None)
+    p.add_argument("--sample-ratio", type=float, default=None, help="fraction of clients per round (beta)")
+    p.add_argument("--groups", type=int, default=None, help="GFMFR: number of client groups")
+    p.add_argument("--noise", default="none", help="none | gaussian:STD | laplace:SCALE")
+    p.add_argument("--encoder", default=None, help="item encoder tag for multimodal methods")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--lr", type=float, default=None, help="override the backbone's tuned learning rate")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--neg-ratio", type=int, default=None, help="negatives per positive (default 4)")
+    p.add_argument("--chunk-size", type=int, default=None, help="clients trained at once (memory bound)")
+    p.add_argument("--json", dest="json_path", default=None, help="write the result object here")
+
+    p = sub.add_parser("bench", help="time the batched engine against the per-client loop")
+    _add_data_option(p)
+    p.add_argument("--backbone", default="pfedrec", choices=BACKBONES[:-1])
+    p.add_argument("--method", default="id", choices=METHODS)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--local-epochs", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", dest="json_path", default=None)
+
+    p = sub.add_parser("encode", help="encode item images and titles into the feature cache")
+    _add_data_option(p)
+    p.add_argument("--encoder", default=None, help="clip | clip-random | minilm | ... (default: best offline)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    return parser
+
+
+def _print_json(obj: dict, path: str | None = None) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    if path:
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+def cmd_info(args) -> int:
+    from .data import load_dataset
+
+    dataset = load_dataset(args.data, seed=args.seed)
+    _print_json(dataset.stats())
+    return 0
+
+
+def _not_built(what: str):
+    def handler(args) -> int:
+        raise FedmmError(f"'{what}' is not built yet in this version of fedmm_lite")
+    return handler
+
+
+def _handler(command: str):
+    if command == "info":
+        return cmd_info
+    if command in ("run", "bench"):
+        try:
+            from .fed import commands
+        except ImportError:
+            return _not_built(command)
+        return commands.cmd_run if command == "run" else commands.cmd_bench
+    if command == "encode":
+        try:
+            from . import encoders
+        except ImportError:
+            return _not_built(command)
+        return encoders.cmd_encode
+    raise AssertionError(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quick", False):
+        os.environ["FEDMM_QUICK"] = "1"
+    try:
+        return _handler(args.command)(args)
+    except FedmmError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

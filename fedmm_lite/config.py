@@ -1,0 +1,37 @@
+"""Run-wide settings read from the environment: quick mode, where data lives, which device.
+
+One place, so that notebooks, tests and the command line agree:
+- ``FEDMM_QUICK=1`` shrinks data, rounds and epochs (tests set it; teachers use it on laptops).
+- ``FEDMM_DATA_DIR`` is where generated and converted datasets are cached
+  (default ``~/.cache/fedmm_lite``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def quick_mode() -> bool:
+    """True when ``FEDMM_QUICK`` is set to a true value (read at call time, never cached)."""
+    return os.environ.get("FEDMM_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def data_home() -> Path:
+    """Folder that holds generated worlds, converted datasets and their feature caches."""
+    home = os.environ.get("FEDMM_DATA_DIR")
+    path = Path(home).expanduser() if home else Path.home() / ".cache" / "fedmm_lite"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return torch.device(device)
