@@ -1,9 +1,9 @@
 """Datasets: the folder format, the offline world, the leave-one-out split, negative sampling."""
-from .dataset import Dataset, LoadReport
+from .dataset import Dataset, LoadReport, stats_table
 from .folder import RawData, read_folder
 from .sampling import NegativeSampler
 from .sources import PRESETS, load_dataset
 from .split import build_dataset
 
-__all__ = ["Dataset", "LoadReport", "RawData", "read_folder", "NegativeSampler", "PRESETS",
+__all__ = ["Dataset", "LoadReport", "stats_table", "RawData", "read_folder", "NegativeSampler", "PRESETS",
            "load_dataset", "build_dataset"]

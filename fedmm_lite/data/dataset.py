@@ -105,3 +105,15 @@ class Dataset:
             "missing_titles": len(self.report.missing_titles),
             "report": self.report.as_dict(),
         }
+
+
+def stats_table(datasets: list[Dataset]):
+    """The papers' dataset table: users, items, interactions, sparsity (one row per dataset)."""
+    import pandas as pd
+
+    rows = []
+    for ds in datasets:
+        s = ds.stats()
+        rows.append({"dataset": s["name"], "#users": s["users"], "#items": s["items"],
+                     "#interactions": s["interactions"], "sparsity": f"{s['sparsity']:.2%}"})
+    return pd.DataFrame(rows).set_index("dataset")

@@ -1,0 +1,91 @@
+"""Figures the chapters draw. Each function takes data, draws on a new matplotlib figure and
+returns it, so that notebooks stay one line per figure and the same figure comes out every build.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .data.dataset import Dataset
+
+
+def item_grid(dataset: Dataset, n: int = 24, cols: int = 8, seed: int = 0,
+              title_chars: int = 28) -> plt.Figure:
+    """A grid of item images with their titles (a seeded sample of the catalogue)."""
+    rng = np.random.default_rng(seed)
+    items = np.sort(rng.choice(dataset.n_items, size=min(n, dataset.n_items), replace=False))
+    rows = int(np.ceil(len(items) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.15 * rows))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, i in zip(np.ravel(axes), items):
+        path = dataset.image_paths[i]
+        if path is not None:
+            with Image.open(path) as img:
+                ax.imshow(img.convert("RGB"))
+        else:
+            ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=8, color="grey")
+        title = dataset.titles[i] or "(no title)"
+        ax.set_title(_wrap(title[:title_chars * 2], title_chars), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    return "\n".join(lines[:2])
+
+
+def degree_distributions(dataset: Dataset) -> plt.Figure:
+    """Item popularity (rank-frequency, log-log: the long tail) and user activity (histogram)."""
+    items = np.concatenate([dataset.train_indices, dataset.valid_items, dataset.test_items])
+    item_degree = np.sort(np.bincount(items, minlength=dataset.n_items))[::-1]
+    user_degree = dataset.train_sizes + 2
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.loglog(np.arange(1, len(item_degree) + 1), np.maximum(item_degree, 0.8), ".", ms=3)
+    left.set_xlabel("item rank by popularity")
+    left.set_ylabel("interactions")
+    top = max(1, len(item_degree) // 10)
+    share = item_degree[:top].sum() / max(1, item_degree.sum())
+    left.set_title(f"items: top 10% hold {share:.0%} of interactions")
+    bins = np.logspace(np.log10(max(1, user_degree.min())), np.log10(user_degree.max() + 1), 30)
+    right.hist(user_degree, bins=bins)
+    right.set_xscale("log")
+    right.set_xlabel("interactions per user")
+    right.set_ylabel("users")
+    right.set_title(f"users: {user_degree.min()} to {user_degree.max()} interactions, "
+                    f"median {int(np.median(user_degree))}")
+    fig.suptitle(dataset.name)
+    fig.tight_layout()
+    return fig
+
+
+def leave_one_out_timeline(interactions: pd.DataFrame, dataset: Dataset, user: int) -> plt.Figure:
+    """One user's interactions on a time axis, coloured by the split they fall into."""
+    user_id = dataset.user_ids[user]
+    rows = interactions[interactions["user_id"] == user_id].sort_values(["timestamp", "item_id"])
+    index_of = {item_id: i for i, item_id in enumerate(dataset.item_ids)}
+    items = rows["item_id"].map(index_of).to_numpy()
+    kind = np.where(items == dataset.test_items[user], "test",
+                    np.where(items == dataset.valid_items[user], "valid", "train"))
+    colours = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:red"}
+    fig, ax = plt.subplots(figsize=(10, 1.8))
+    t = rows["timestamp"].to_numpy(dtype=float)
+    for name, colour in colours.items():
+        mask = kind == name
+        ax.scatter(t[mask], np.zeros(mask.sum()), s=60, c=colour, label=f"{name} ({mask.sum()})")
+    ax.set_yticks([])
+    ax.set_xlabel("timestamp")
+    ax.set_title(f"user {user_id}: the newest interaction is the test item, the one before it validation")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
