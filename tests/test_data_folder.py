@@ -1,0 +1,223 @@
+"""Reading a dataset folder: every bad input names the file, the line and the problem; presets."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from fedmm_lite.data import load_dataset, read_folder
+from fedmm_lite.data.sources import PRESETS
+from fedmm_lite.errors import DatasetError
+
+ITEMS = [("a", "Apple", ""), ("b", "Banana", ""), ("c", "Cherry", "")]
+INTER = [("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3)]
+
+
+def test_reads_ids_as_text_and_keeps_empty_fields(make_folder):
+    root = make_folder([("007", "01", "5"), ("7", "01", "6.5")], [("01", "", ""), ("1", "NA", "x.png")])
+    raw = read_folder(root)
+    assert raw.root == root
+    assert raw.interactions["user_id"].tolist() == ["007", "7"]
+    assert raw.interactions["item_id"].tolist() == ["01", "01"]
+    assert raw.interactions["timestamp"].tolist() == [5.0, 6.5]
+    assert raw.interactions["timestamp"].dtype == np.float64
+    assert raw.items["item_id"].tolist() == ["01", "1"]
+    assert raw.items["title"].tolist() == ["", "NA"]  # "NA" is a title, not a missing value
+    assert raw.items["image"].tolist() == ["", "x.png"]
+
+
+def test_extra_columns_are_ignored(make_folder):
+    root = make_folder([{"user_id": "u", "item_id": "a", "timestamp": 1, "rating": 5}],
+                       [{"item_id": "a", "title": "A", "image": "", "genre": "x"}])
+    raw = read_folder(root)
+    assert list(raw.interactions.columns) == ["user_id", "item_id", "timestamp"]
+    assert list(raw.items.columns) == ["item_id", "title", "image"]
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DatasetError, match=r"nowhere: dataset folder not found"):
+        read_folder(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("absent", ["interactions.csv", "items.csv"])
+def test_missing_file(make_folder, absent):
+    root = make_folder(None if absent == "interactions.csv" else INTER,
+                       None if absent == "items.csv" else ITEMS)
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    assert str(err.value) == (f"{root / absent}: file not found (expected a CSV with columns "
+                              + ("user_id,item_id,timestamp" if absent == "interactions.csv"
+                                 else "item_id,title,image") + ")")
+
+
+def test_missing_column(make_folder):
+    root = make_folder(INTER, [{"item_id": "a", "image": ""}])
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    assert str(err.value) == (f"{root / 'items.csv'} line 1 (header): missing column 'title' "
+                              f"(found item_id,image; expected item_id,title,image)")
+
+
+def test_missing_column_in_interactions(make_folder):
+    root = make_folder([{"user": "u1", "item_id": "a", "timestamp": 1}], ITEMS)
+    with pytest.raises(DatasetError, match=r"interactions\.csv line 1 \(header\): missing column 'user_id'"):
+        read_folder(root)
+
+
+def test_duplicate_item_id(make_folder):
+    items = ITEMS + [("d", "Date", ""), ("b", "Blueberry", "")]
+    root = make_folder(INTER, items)
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    # header = line 1, so the 5th data row is line 6 and the first 'b' (2nd data row) is line 3
+    assert str(err.value) == f"{root / 'items.csv'} line 6: duplicate item_id 'b' (first listed at line 3)"
+
+
+def test_unknown_item_id(make_folder):
+    root = make_folder(INTER + [("u2", "zz", 4), ("u2", "yy", 5)], ITEMS)
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    assert str(err.value) == (f"{root / 'interactions.csv'} line 5: unknown item_id 'zz' (not listed in "
+                              f"items.csv; 2 interaction(s) with unknown items)")
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "", "nan", "inf"])
+def test_non_numeric_timestamp(make_folder, bad):
+    root = make_folder([("u1", "a", 1), ("u1", "b", bad), ("u1", "c", 3)], ITEMS)
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    assert str(err.value) == (f"{root / 'interactions.csv'} line 3: timestamp '{bad}' is not a number "
+                              f"(expected e.g. seconds since 1970; 1 bad row(s))")
+
+
+@pytest.mark.parametrize("name", ["interactions.csv", "items.csv"])
+def test_empty_file(make_folder, name):
+    root = make_folder(INTER, ITEMS)
+    (root / name).write_text("")
+    with pytest.raises(DatasetError, match=rf"{name}: empty file \(expected a header line"):
+        read_folder(root)
+
+
+def test_header_only_file(make_folder):
+    root = make_folder([], ITEMS)
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    assert str(err.value) == f"{root / 'interactions.csv'}: empty file (a header line but no data rows)"
+
+
+def test_empty_user_id(make_folder):
+    root = make_folder([("u1", "a", 1), ("", "b", 2)], ITEMS)
+    with pytest.raises(DatasetError, match=r"interactions\.csv line 3: empty user_id \(1 row\(s\)"):
+        read_folder(root)
+
+
+def test_ragged_row_is_a_parse_error(make_folder):
+    root = make_folder(INTER, ITEMS)
+    with open(root / "interactions.csv", "a") as f:
+        f.write("u1,a,1,extra\n")
+    with pytest.raises(DatasetError, match=r"interactions\.csv: cannot parse the CSV: .*line 5"):
+        read_folder(root)
+
+
+def test_path_that_is_a_file(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"f\.txt: not a folder"):
+        read_folder(tmp_path / "f.txt")
+
+
+# ---- load_dataset ---------------------------------------------------------------------------
+
+def test_load_folder_path(tiny_folder):
+    dataset = load_dataset(tiny_folder)
+    assert dataset.name == "tiny"
+    assert (dataset.n_users, dataset.n_items, dataset.n_train) == (12, 20, 48)
+    dataset_from_str = load_dataset(str(tiny_folder))
+    assert np.array_equal(dataset_from_str.train_indices, dataset.train_indices)
+
+
+def test_load_folder_options_are_passed(tiny_folder):
+    with pytest.raises(DatasetError, match="empty after filtering"):
+        load_dataset(tiny_folder, min_user_interactions=7)
+
+
+def test_unknown_source_lists_presets(tmp_path):
+    with pytest.raises(DatasetError) as err:
+        load_dataset("no-such-dataset")
+    message = str(err.value)
+    assert message.startswith("unknown dataset 'no-such-dataset': not a preset (")
+    assert "\n" not in message
+    for preset in PRESETS:
+        assert preset in message
+
+
+def test_movielens_absent_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDMM_MOVIELENS_POSTERS", str(tmp_path / "absent"))
+    with pytest.raises(DatasetError) as err:
+        load_dataset("movielens-posters")
+    assert "movielens-posters: raw data not found" in str(err.value)
+    assert "FEDMM_MOVIELENS_POSTERS" in str(err.value)
+
+
+@pytest.fixture
+def fake_world(monkeypatch, tiny_folder):
+    """Stand-in for data/world.py: serves ``tiny_folder`` plus a ground_truth.json keyed by ids."""
+    truth = {
+        "group_names": ["visual", "textual"],
+        "group_modality": ["image", "text"],
+        # deliberately listed in reverse id order: alignment must follow the dataset's indices
+        "user_group": {f"u{u:02d}": u % 2 for u in reversed(range(12))},
+        "attribute_modality": {"colour": "image"},
+        "attribute_values": {"colour": ["red", "green", "blue", "yellow"]},
+        "item_attributes": {"colour": {f"i{i:02d}": i % 4 for i in reversed(range(20))}},
+        "note": "passed through",
+    }
+    (tiny_folder / "ground_truth.json").write_text(json.dumps(truth))
+    calls = []
+
+    def ensure_world(preset, seed=0):
+        calls.append((preset, seed))
+        return tiny_folder
+
+    def load_ground_truth(folder):
+        return json.loads((folder / "ground_truth.json").read_text())
+
+    module = types.ModuleType("fedmm_lite.data.world")
+    module.ensure_world, module.load_ground_truth = ensure_world, load_ground_truth
+    monkeypatch.setitem(sys.modules, "fedmm_lite.data.world", module)
+    return calls
+
+
+def test_world_ground_truth_is_aligned_to_indices(fake_world):
+    dataset = load_dataset("world-large", seed=3)
+    assert fake_world == [("large", 3)]
+    assert dataset.name == "world-large"
+    truth = dataset.ground_truth
+    expected_groups = np.array([int(u[1:]) % 2 for u in dataset.user_ids])
+    assert np.array_equal(truth["user_group"], expected_groups)
+    assert truth["user_group"].shape == (dataset.n_users,)
+    expected_colour = np.array([int(i[1:]) % 4 for i in dataset.item_ids])
+    assert np.array_equal(truth["item_attributes"]["colour"], expected_colour)
+    assert truth["group_names"] == ["visual", "textual"]
+    assert truth["group_modality"] == ["image", "text"]
+    assert truth["attribute_modality"] == {"colour": "image"}
+    assert truth["attribute_values"]["colour"][0] == "red"
+    assert truth["note"] == "passed through"
+
+
+def test_world_follows_quick_mode(fake_world, monkeypatch):
+    monkeypatch.setenv("FEDMM_QUICK", "1")
+    assert load_dataset("world").name == "world-quick"
+    monkeypatch.setenv("FEDMM_QUICK", "0")
+    assert load_dataset("world").name == "world-full"
+    assert fake_world == [("quick", 0), ("full", 0)]
+
+
+def test_world_ground_truth_missing_user(fake_world, tiny_folder):
+    truth = json.loads((tiny_folder / "ground_truth.json").read_text())
+    del truth["user_group"]["u05"]
+    (tiny_folder / "ground_truth.json").write_text(json.dumps(truth))
+    with pytest.raises(DatasetError, match=r"ground_truth\.json: user_group has no entry for user 'u05'"):
+        load_dataset("world-quick")
