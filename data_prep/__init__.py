@@ -1,0 +1,9 @@
+"""Converters from public raw datasets to the dataset folder format (design.md, FIXED).
+
+- ``data_prep.movielens_posters``: MovieLens posters + titles + ml-latest-small ratings.
+- ``data_prep.amazon``: Amazon review subsets used by GFMFR (downloads ratings, metadata, images).
+- ``data_prep.ninerec``: NineRec downstream sets used by FedMR (from the hand-downloaded archive).
+
+Each module has ``convert(...)`` and a command line (``python -m data_prep.<module> --help``).
+See data_prep/README.md.
+"""
