@@ -63,12 +63,16 @@ class PeakMemory:
         self.peak_mb: float | None = None
         self.kind = "cuda_allocated" if self.device.type == "cuda" else "cpu_rss"
         self.scope = "block"
+        self.start_mb: float | None = None   # memory already held when the block started
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif not (_reset_vm_hwm() and _vm_hwm_mb() is not None):
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
+        elif _reset_vm_hwm() and _vm_hwm_mb() is not None:
+            self.start_mb = _vm_hwm_mb()     # right after the reset, the peak is the current RSS
+        else:
             self.scope = "process"
         return self
 
@@ -82,8 +86,11 @@ class PeakMemory:
             self.peak_mb = _rusage_peak_mb()
 
     def as_dict(self) -> dict:
-        """The JSON fields of a run: ``peak_memory_mb`` plus what it measured."""
-        return {"peak_memory_mb": None if self.peak_mb is None else round(self.peak_mb, 1),
+        """The JSON fields of a run: ``peak_memory_mb`` plus what it measured and what was already
+        held at the start (``peak_memory_start_mb``: the interpreter, torch, the dataset)."""
+        def mb(x):
+            return None if x is None else round(x, 1)
+        return {"peak_memory_mb": mb(self.peak_mb), "peak_memory_start_mb": mb(self.start_mb),
                 "peak_memory_kind": self.kind, "peak_memory_scope": self.scope}
 
 
