@@ -69,7 +69,9 @@ def locate_files(folder: Path) -> tuple[Path, Path | None, Path | None]:
 
 
 def _delimiter(path: Path) -> str:
-    return "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    """Tab when the first line has a tab (RecBole ``.inter``, ``.tsv``), else comma."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return "\t" if "\t" in f.readline() else ","
 
 
 def read_pairs(path: Path, skipped: list[str]) -> list[tuple[str, str, int]]:
