@@ -1,0 +1,179 @@
+"""The batched engine: a chunk of clients trains at once, every tensor with a leading client axis.
+
+design.md, "The engine". For a chunk of C clients and its ``ChunkPlan``:
+1. local copies: each global item table contributes only the rows a client touches,
+   ``(C, R, d)``; private per-client tables (FedRAP's D_u) the same rows; small global modules
+   (the NCF tower) one copy per client ``(C, ...)``; private vectors their clients' rows;
+2. per mini-batch position, for each optimisation phase: the loss of client c is the mean BCE over
+   its valid samples (plus FedRAP's regulariser); ONE backward on sum_c loss_c gives every client
+   exactly its own gradient (clients share no tensor); the SGD step is elementwise and masked, so a
+   client with no sample at this position does not move;
+3. uploads Delta_u = start - end of the shared local copies (the round's accumulated update),
+   row-sparse for item tables, noised (all n rows) when ``--noise`` is on;
+4. private tensors are written back to the clients' stacked storage.
+
+For SGD this equals a sequential loop over clients with full model copies (``oracle.py``): a row a
+client does not touch gets zero gradient there, and repeated items share one local row here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import backbones
+from .privacy import NoiseSpec, client_noise
+from .server import Aggregator, UploadBatch, apply_update
+
+
+def _local_copies(state, plan, spec):
+    """Leaf tensors of the chunk's local models and the start values of the shared ones."""
+    C = plan.n_clients
+    dt = state.dtype
+    clients = plan.clients                                                      # (C,)
+    local = {}
+    for name, value in state.global_.items():
+        if name in spec.tables:
+            local[name] = value[plan.rows].clone()                              # (C, R, d)
+        else:
+            local[name] = value.unsqueeze(0).expand((C,) + tuple(value.shape)).clone()  # (C, ...)
+    for name in spec.private_vectors:
+        local[name] = state.private[name][clients].clone()                      # (C, ...)
+    for name in spec.private_tables:
+        if name not in spec.tuned_from:                                         # trained directly (D_u)
+            local[name] = state.private[name][clients.unsqueeze(1), plan.rows].to(dt)  # (C, R, d)
+    for v in local.values():
+        v.requires_grad_(True)
+    start = {name: local[name].detach().clone() for name in state.global_}
+    return local, start
+
+
+def _step_sizes(spec, config):
+    lr, item_lr, _ = config.step_sizes()
+    table_names = set(spec.tables) | set(spec.private_tables)
+    return lambda name: item_lr if name in table_names else lr
+
+
+def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
+                noise_generator: torch.Generator | None = None):
+    """Train one chunk for one round. Returns ``(UploadBatch, per-client mean loss (C,))`` and
+    writes the clients' private tensors back into ``state.private``."""
+    spec = backbones.SPECS[state.backbone]
+    device = state.joined.device
+    plan = plan.to(device)
+    C = plan.n_clients
+    local, start = _local_copies(state, plan, spec)
+    step_of = _step_sizes(spec, config)
+    phases = spec.phases or (tuple(local),)
+    labels = plan.labels.to(state.dtype)                                        # (C, L)
+    loss_sum = torch.zeros(C, dtype=torch.float64, device=device)
+    batches_done = torch.zeros(C, dtype=torch.float64, device=device)
+
+    for _, idx, valid in plan.batches():
+        active = valid.any(dim=1)                                               # (C,)
+        if not bool(active.any()):
+            continue
+        slots = torch.gather(plan.slots, 1, idx)                                # (C, B)
+        y = torch.gather(labels, 1, idx)                                        # (C, B)
+        m = valid.to(state.dtype)                                               # (C, B)
+        count = m.sum(1).clamp(min=1)                                           # (C,)
+        for k, phase in enumerate(phases):
+            logits = backbones.batched_logits(state.backbone, local, slots)     # (C, B)
+            # loss_c = mean over c's valid samples of BCE(sigma(s), y) (+ FedRAP's regulariser)
+            bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+            loss = (bce * m).sum(1) / count                                     # (C,)
+            reg = backbones.regulariser(state.backbone, local, slots, valid, t, config)
+            if reg is not None:
+                loss = loss + reg
+            params = [local[name] for name in phase]
+            grads = torch.autograd.grad(loss.sum(), params)
+            with torch.no_grad():
+                for name, p, g in zip(phase, params, grads):
+                    keep = active.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))   # (C, 1, ...)
+                    # theta_c <- theta_c - lr * grad_c, only for clients with data here
+                    p -= step_of(name) * keep * g
+            if k == 0:
+                loss_sum += torch.where(active, loss.detach().double(), 0.0)
+        batches_done += active.double()
+
+    uploads = _uploads(state, plan, local, start, spec, noise, noise_generator)
+    _write_private(state, plan, local, spec)
+    return uploads, loss_sum / batches_done.clamp(min=1)
+
+
+@torch.no_grad()
+def _uploads(state, plan, local, start, spec, noise, noise_generator) -> UploadBatch:
+    """Delta_u = start - end for every shared tensor; row-sparse, or dense + noise."""
+    batch = UploadBatch(sizes=plan.sizes.clone())
+    for name in state.global_:
+        # Delta_u = theta_u(start) - theta_u(end)
+        delta = start[name] - local[name].detach()                              # (C, R, d) or (C, ...)
+        if name in spec.tables:
+            batch.values[name] = delta
+            batch.rows[name] = plan.rows.clone()
+            batch.row_mask[name] = plan.row_mask.clone()
+        else:
+            batch.values[name] = delta
+    if noise is not None and noise.active:
+        _add_noise(state, plan, batch, spec, noise, noise_generator)
+    return batch
+
+
+@torch.no_grad()
+def _add_noise(state, plan, batch, spec, noise, generator) -> None:
+    """Every client uploads its FULL shared update plus noise (all n rows of every table)."""
+    C = plan.n_clients
+    device = state.joined.device
+    for name in spec.tables:
+        n, d = state.global_[name].shape
+        dense = torch.zeros(C, n, d, dtype=state.dtype, device=device)          # (C, n, d)
+        mask = batch.row_mask[name]
+        cl = torch.arange(C, device=device).unsqueeze(1).expand_as(mask)[mask]
+        dense[cl, batch.rows[name][mask]] = batch.values[name][mask]
+        batch.values[name] = dense
+        batch.rows[name] = torch.arange(n, device=device).expand(C, n).clone()
+        batch.row_mask[name] = torch.ones(C, n, dtype=torch.bool, device=device)
+    # draws: client by client, tensor by tensor in sorted name order (the oracle does the same)
+    for c in range(C):
+        for name in sorted(state.global_):
+            shape = tuple(state.global_[name].shape)
+            batch.values[name][c] += client_noise(shape, noise, generator, state.dtype).to(device)
+
+
+@torch.no_grad()
+def _write_private(state, plan, local, spec) -> None:
+    """Store the chunk's private tensors back into the stacked per-client storage."""
+    clients = plan.clients
+    for name in spec.private_vectors:
+        state.private[name][clients] = local[name].detach()
+    mask = plan.row_mask                                                        # (C, R)
+    cl = clients.unsqueeze(1).expand_as(mask)[mask]                             # (rows,)
+    rr = plan.rows[mask]                                                        # (rows,)
+    for name in spec.private_tables:
+        store = state.private[name]
+        source = spec.tuned_from.get(name)
+        if source is not None:
+            # PFedRec: E_u = the client's copy of E after training: E where untouched, tuned rows
+            store[clients] = state.global_[source].to(store.dtype)
+            store[cl, rr] = local[source].detach()[mask].to(store.dtype)
+        else:
+            store[cl, rr] = local[name].detach()[mask].to(store.dtype)
+    state.joined[clients] = True
+
+
+def train_round(state, plans, config, t: int, noise: NoiseSpec | None = None,
+                noise_generator: torch.Generator | None = None) -> float:
+    """One round: train every chunk of ``plans``, aggregate the uploads, update the global tensors.
+
+    Returns the mean over participants of their mean mini-batch loss.
+    """
+    spec = backbones.SPECS[state.backbone]
+    _, _, server_lr = config.step_sizes()
+    shapes = {k: tuple(v.shape) for k, v in state.global_.items()}
+    aggregator = Aggregator(spec.rule, shapes, state.dtype, state.joined.device)
+    losses = []
+    for plan in plans:
+        uploads, loss = train_chunk(state, plan, config, t, noise, noise_generator)
+        aggregator.add(uploads)
+        losses.append(loss)
+    state.global_ = apply_update(state.global_, aggregator.mean_update(), server_lr)
+    return float(torch.cat(losses).mean()) if losses else float("nan")

@@ -1,0 +1,133 @@
+"""The randomness of a round, drawn once by shared code: who takes part, negatives, shuffles, batches.
+
+Both the batched engine and the per-client loop oracle consume the same ``ChunkPlan``, so they see
+exactly the same random draws and can be compared parameter by parameter. Per round:
+
+1. ``sample_participants``: ceil(beta * U) clients uniformly without replacement (sorted).
+2. For each chunk of participants, ``make_plan``:
+   - the client's samples: every training positive once (label 1) and ``neg_ratio`` fresh uniform
+     negatives per positive (label 0) from the items NOT in its training set (``NegativeSampler``;
+     held-out items may be drawn, algorithms.md section 1); redrawn every round, never a fixed list;
+   - one independent shuffle of the samples per local epoch;
+   - mini-batches: position k of epoch e holds shuffled samples k*B .. (k+1)*B - 1. A client with
+     fewer samples has a short or empty batch at that position (``valid`` mask): it must not move.
+   - the unique item rows each client touches (``rows``, ``row_mask``) and for every sample the slot
+     of its item among them (``slots``): a negative may repeat within a client, and gradients of
+     repeated items must land on ONE local row, as they would in a full-table copy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ChunkPlan:
+    """The samples and batches of a chunk of C clients for one round (all tensors on CPU)."""
+
+    clients: torch.Tensor    # (C,) user indices, sorted
+    sizes: torch.Tensor      # (C,) training-set sizes n_u (what FedAvg / FedNCF weigh by)
+    items: torch.Tensor      # (C, L) item of each sample, padded with 0
+    labels: torch.Tensor     # (C, L) 1 for positives, 0 for negatives and padding
+    lengths: torch.Tensor    # (C,) samples per client, (1 + neg_ratio) * n_u
+    rows: torch.Tensor       # (C, R) unique items touched by each client, padded with 0
+    row_mask: torch.Tensor   # (C, R) bool, True for real rows
+    slots: torch.Tensor      # (C, L) index into ``rows`` of each sample's item
+    orders: torch.Tensor     # (H, C, L) per-epoch shuffle: valid samples first, in random order
+    batch_size: int
+
+    @property
+    def n_clients(self) -> int:
+        return int(self.clients.shape[0])
+
+    def batches(self):
+        """Yield ``(epoch, idx (C, B), valid (C, B))``: sample indices of each mini-batch position."""
+        n_epochs, _, width = self.orders.shape
+        bs = self.batch_size
+        for epoch in range(n_epochs):
+            for start in range(0, width, bs):
+                idx = self.orders[epoch, :, start:start + bs]                        # (C, B)
+                position = start + torch.arange(idx.shape[1])                         # (B,)
+                valid = position.unsqueeze(0) < self.lengths.unsqueeze(1)             # (C, B)
+                yield epoch, idx, valid
+
+    def to(self, device) -> "ChunkPlan":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        return ChunkPlan(**moved)
+
+
+def sample_participants(n_users: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """ceil(ratio * n_users) distinct users, uniformly at random, sorted: (m,) LongTensor."""
+    m = max(1, min(n_users, math.ceil(ratio * n_users - 1e-9)))
+    return torch.sort(torch.randperm(n_users, generator=generator)[:m]).values
+
+
+def chunks(participants: torch.Tensor, chunk_size: int):
+    """Consecutive slices of at most ``chunk_size`` participants."""
+    for lo in range(0, participants.shape[0], chunk_size):
+        yield participants[lo:lo + chunk_size]
+
+
+def _ragged_positions(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ragged rows of ``lengths`` (C,): (row of each entry, position within its row)."""
+    row = torch.repeat_interleave(torch.arange(lengths.shape[0]), lengths)            # (total,)
+    first = torch.cumsum(lengths, 0) - lengths                                         # (C,)
+    within = torch.arange(row.shape[0]) - first[row]                                   # (total,)
+    return row, within
+
+
+def make_plan(dataset, clients: torch.Tensor, sampler, neg_ratio: int, local_epochs: int,
+              batch_size: int, generator: torch.Generator) -> ChunkPlan:
+    """The plan of one chunk of clients for one round (module docstring). CPU tensors throughout."""
+    clients = clients.to(torch.long).cpu()                                             # (C,)
+    indptr = torch.as_tensor(np.asarray(dataset.train_indptr), dtype=torch.long)       # (U+1,)
+    train = torch.as_tensor(np.asarray(dataset.train_indices), dtype=torch.long)       # (nnz,)
+    n_items = int(dataset.n_items)
+    C = clients.shape[0]
+    sizes = indptr[clients + 1] - indptr[clients]                                      # (C,)
+
+    # positives: the client's training items, each once
+    pos_row, pos_within = _ragged_positions(sizes)
+    pos_items = train[indptr[clients][pos_row] + pos_within]                           # (P,)
+    # negatives: neg_ratio fresh uniform draws per positive, outside the training set
+    n_neg = sizes * neg_ratio                                                          # (C,)
+    neg_row, neg_within = _ragged_positions(n_neg)
+    if neg_row.numel():
+        neg_items = sampler.sample(clients[neg_row], generator).cpu()                  # (N,)
+    else:
+        neg_items = torch.zeros(0, dtype=torch.long)
+
+    lengths = sizes + n_neg                                                            # (C,)
+    width = int(lengths.max()) if C else 0
+    items = torch.zeros(C, width, dtype=torch.long)                                    # (C, L)
+    labels = torch.zeros(C, width)                                                     # (C, L)
+    items[pos_row, pos_within] = pos_items
+    labels[pos_row, pos_within] = 1.0
+    items[neg_row, sizes[neg_row] + neg_within] = neg_items
+
+    # unique touched rows per client: sorted unique keys (client, item)
+    s_row, s_within = _ragged_positions(lengths)                                       # valid samples
+    keys = s_row * n_items + items[s_row, s_within]                                    # (S,)
+    uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)               # (Q,), (S,)
+    u_row = uniq // n_items                                                            # (Q,)
+    counts = torch.bincount(u_row, minlength=C)                                        # (C,)
+    first = torch.cumsum(counts, 0) - counts
+    u_within = torch.arange(uniq.shape[0]) - first[u_row]                              # (Q,)
+    n_rows = int(counts.max()) if C else 0
+    rows = torch.zeros(C, n_rows, dtype=torch.long)                                    # (C, R)
+    row_mask = torch.zeros(C, n_rows, dtype=torch.bool)
+    rows[u_row, u_within] = uniq % n_items
+    row_mask[u_row, u_within] = True
+    slots = torch.zeros(C, width, dtype=torch.long)                                    # (C, L)
+    slots[s_row, s_within] = u_within[inverse]
+
+    # one shuffle per epoch: random keys, padding pushed to the end
+    keys_e = torch.rand(local_epochs, C, width, generator=generator)                   # (H, C, L)
+    pad = torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)                     # (C, L)
+    keys_e[:, pad] = 2.0
+    orders = torch.argsort(keys_e, dim=-1, stable=True)                                # (H, C, L)
+    return ChunkPlan(clients, sizes, items, labels, lengths, rows, row_mask, slots, orders,
+                     int(batch_size))

@@ -1,0 +1,107 @@
+"""Server rules (algorithms.md section 2): small pure functions whose weights sum to 1.
+
+The server sees ONLY ``UploadBatch`` objects: the shared tensors' round updates of some clients
+(Delta_u = start - end of local training, i.e. the learning-rate-scaled sum of all local gradients,
+never the last batch's gradient) and the training-set sizes the data-size rule needs. It never
+sees a user id, a private tensor or a sample (design.md, "The privacy boundary").
+
+With weights a_u over this round's participants P (a_u >= 0, sum_u a_u = 1):
+
+    theta <- theta - eta_s * sum_{u in P} a_u Delta_u
+
+- FedAvg / FedNCF ("data_size"): a_u = n_u / sum_v n_v and eta_s = 1, which is exactly the
+  weighted average of the clients' end-of-round copies, sum_u a_u theta_u;
+- FCF, PFedRec, FedRAP ("uniform"): a_u = 1 / |P|; FCF applies it with a server step size eta_s.
+
+Uploads arrive chunk by chunk, so ``Aggregator`` streams: it keeps sum_u r_u Delta_u and sum_u r_u
+for the raw weights r_u (n_u or 1) and divides once at the end; the result equals the weighted sum
+with ``aggregation_weights`` (tested on hand-made arrays). Item-table updates come as rows: for
+each client the unique item rows it trained on; every other row of its Delta_u is exactly 0 (an
+untouched row gets no gradient), so scattering rows with ``index_add`` equals adding full tables.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+RULES = ("data_size", "uniform")
+
+
+@dataclass
+class UploadBatch:
+    """The uploads of C clients: named shared-tensor updates and training-set sizes, nothing else.
+
+    ``values[name]`` is (C, R, d) for an item table, with ``rows[name]`` (C, R) item indices and
+    ``row_mask[name]`` (C, R) (False = padding); it is (C, ...) for a small module (no rows entry).
+    """
+
+    sizes: torch.Tensor                                    # (C,) training-set sizes n_u
+    values: dict = field(default_factory=dict)             # name -> (C, R, d) or (C, ...)
+    rows: dict = field(default_factory=dict)               # name -> (C, R) long
+    row_mask: dict = field(default_factory=dict)           # name -> (C, R) bool
+
+    @property
+    def n_clients(self) -> int:
+        return int(self.sizes.shape[0])
+
+
+def raw_weights(rule: str, sizes: torch.Tensor) -> torch.Tensor:
+    """Unnormalised weights r_u: n_u for "data_size", 1 for "uniform"."""
+    if rule == "data_size":
+        return sizes.to(torch.float64)
+    if rule == "uniform":
+        return torch.ones_like(sizes, dtype=torch.float64)
+    raise ValueError(f"server: unknown rule {rule!r}; choose one of {RULES}")
+
+
+def aggregation_weights(rule: str, sizes: torch.Tensor) -> torch.Tensor:
+    """a_u = r_u / sum_v r_v over the participants: non-negative, summing to 1 (FedAvg: n_u / sum n_v)."""
+    r = raw_weights(rule, sizes)
+    total = r.sum()
+    if not total > 0:
+        raise ValueError("server: the participants' weights sum to 0 (no training data this round)")
+    # a_u = r_u / sum_v r_v
+    return r / total
+
+
+def weighted_update(rule: str, sizes: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """sum_u a_u Delta_u for stacked full updates ``deltas`` (P, ...): the reference form."""
+    a = aggregation_weights(rule, sizes).to(deltas.dtype)                     # (P,)
+    return torch.einsum("p,p...->...", a, deltas)
+
+
+def apply_update(params: dict, update: dict, server_lr: float) -> dict:
+    """theta <- theta - eta_s * Delta_bar for every shared tensor; returns new tensors."""
+    return {name: params[name] - server_lr * update[name] for name in params}
+
+
+class Aggregator:
+    """Streams upload batches into sum_u r_u Delta_u; ``mean_update`` divides by sum_u r_u."""
+
+    def __init__(self, rule: str, shapes: dict, dtype: torch.dtype, device):
+        raw_weights(rule, torch.zeros(1))                  # validates the rule name
+        self.rule = rule
+        self.buffers = {k: torch.zeros(s, dtype=dtype, device=device) for k, s in shapes.items()}
+        self.total = 0.0
+        self.clients = 0
+
+    def add(self, batch: UploadBatch) -> None:
+        r = raw_weights(self.rule, batch.sizes).to(device=next(iter(self.buffers.values())).device)
+        self.total += float(r.sum())
+        self.clients += batch.n_clients
+        for name, value in batch.values.items():
+            buf = self.buffers[name]
+            rw = r.to(value.dtype).view((-1,) + (1,) * (value.dim() - 1))      # (C, 1, ...)
+            if name in batch.rows:
+                mask = batch.row_mask[name]                                      # (C, R)
+                # buffer[i] += r_u Delta_u[i] for every real row i of every client u
+                buf.index_add_(0, batch.rows[name][mask], (rw * value)[mask].to(buf.dtype))
+            else:
+                buf += (rw * value).sum(0).to(buf.dtype)
+
+    def mean_update(self) -> dict:
+        """sum_u a_u Delta_u = (sum_u r_u Delta_u) / (sum_u r_u)."""
+        if not self.total > 0:
+            raise ValueError("server: no upload with a positive weight this round")
+        return {k: v / self.total for k, v in self.buffers.items()}
