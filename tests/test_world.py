@@ -1,0 +1,211 @@
+"""The world generator: determinism, the papers' data shape, the planted signal, ensure_world.
+
+Folders are read back with pandas directly (not through the loader), so these tests check the
+written files against the planted ground truth, an oracle independent of the loading code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fedmm_lite.data.world import (WORLD_PRESETS, WorldConfig, ensure_world, generate_world,
+                                   load_ground_truth, simulate_world)
+from fedmm_lite.errors import OptionError
+
+QUICK = WORLD_PRESETS["quick"]
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def read_world(folder: Path):
+    inter = pd.read_csv(folder / "interactions.csv", dtype={"user_id": str, "item_id": str})
+    items = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
+    return inter, items, load_ground_truth(folder)
+
+
+@pytest.fixture(scope="module")
+def quick_world(tmp_path_factory) -> Path:
+    return generate_world(QUICK, 0, tmp_path_factory.mktemp("w") / "world-quick", preset="quick")
+
+
+def test_same_seed_gives_identical_bytes(quick_world, tmp_path):
+    again = generate_world(QUICK, 0, tmp_path / "again", preset="quick")
+    first, second = folder_hashes(quick_world), folder_hashes(again)
+    assert len(first) > QUICK.n_items // 2          # the images are in the comparison
+    assert first == second
+
+
+def test_different_seed_gives_different_world(quick_world, tmp_path):
+    other = folder_hashes(generate_world(QUICK, 1, tmp_path / "other", preset="quick"))
+    first = folder_hashes(quick_world)
+    for name in ("interactions.csv", "items.csv", "ground_truth.json"):
+        assert first[name] != other[name]
+    shared_images = [k for k in first if k.startswith("images/") and k in other]
+    assert sum(first[k] != other[k] for k in shared_images) > 0.9 * len(shared_images)
+
+
+def test_quick_world_shape(quick_world):
+    inter, items, truth = read_world(quick_world)
+    assert list(inter.columns) == ["user_id", "item_id", "timestamp"]
+    assert list(items.columns) == ["item_id", "title", "image"]
+    assert len(items) == QUICK.n_items and items["item_id"].is_unique
+    per_user = inter.groupby("user_id").size()
+    assert len(per_user) == QUICK.n_users
+    assert per_user.min() >= 5
+    assert not inter.duplicated(["user_id", "item_id"]).any()
+    assert set(inter["item_id"]) <= set(items["item_id"])
+    # quick is too small for the papers' sparsity (5 interactions of 140 items is already 3.6%)
+    assert 0.90 <= 1 - len(inter) / (QUICK.n_users * QUICK.n_items) <= 0.97
+    # timestamps strictly increase within each user, so leave-one-out has no ties
+    assert (inter.groupby("user_id")["timestamp"].diff().dropna() > 0).all()
+
+
+def test_titles_images_and_missing_ones(quick_world):
+    _, items, truth = read_world(quick_world)
+    no_title = sorted(items.loc[items["title"] == "", "item_id"])
+    no_image = sorted(items.loc[items["image"] == "", "item_id"])
+    assert no_title == sorted(truth["missing_titles"]) and len(no_title) >= 1
+    assert no_image == sorted(truth["missing_images"]) and len(no_image) >= 1
+    with_image = items[items["image"] != ""]
+    assert truth["n_images"] == len(with_image) == len(list((quick_world / "images").glob("*.png")))
+    for rel in with_image["image"].iloc[:5]:
+        with Image.open(quick_world / rel) as img:
+            assert img.format == "PNG" and img.size == (QUICK.image_size, QUICK.image_size)
+    # the title shows the category and the brand, never a colour word (colour is image-only)
+    values, attrs = truth["attribute_values"], truth["item_attributes"]
+    for iid, title in zip(items["item_id"], items["title"]):
+        if title:
+            assert values["brand"][attrs["brand"][iid]] in title
+            assert not any(colour in title.lower().split() for colour in values["colour"])
+
+
+def test_ground_truth_keys_and_alignment(quick_world):
+    inter, items, truth = read_world(quick_world)
+    for key in ("preset", "seed", "generator_version", "group_names", "group_modality",
+                "user_group", "attribute_modality", "attribute_values", "item_attributes",
+                "user_preference", "description"):
+        assert key in truth, key
+    assert truth["preset"] == "quick" and truth["seed"] == 0
+    assert isinstance(truth["description"], str) and "visual" in truth["description"]
+    assert len(truth["group_names"]) == len(truth["group_modality"])
+    assert set(truth["group_modality"]) == {"image", "text", "id"}
+    assert set(truth["attribute_modality"].values()) == {"image", "text", "both", "id"}
+    assert set(truth["user_group"]) == set(inter["user_id"])
+    assert set(truth["user_group"].values()) <= set(range(len(truth["group_names"])))
+    for attr, modality in truth["attribute_modality"].items():
+        mapping = truth["item_attributes"][attr]
+        assert set(mapping) == set(items["item_id"])
+        assert 0 <= min(mapping.values()) and max(mapping.values()) < len(truth["attribute_values"][attr])
+    assert set(truth["user_preference"]) == set(inter["user_id"])
+
+
+def test_planted_taste_shows_in_interactions(quick_world):
+    """Each group's interactions fall on its preferred values far above the catalogue base rate."""
+    inter, items, truth = read_world(quick_world)
+    group = inter["user_id"].map(truth["user_group"])
+    for g, name in enumerate(truth["group_names"]):
+        mine = inter.loc[group == g, "item_id"]
+        for attr, liked in truth["group_preference"][name].items():
+            liked_idx = {truth["attribute_values"][attr].index(v) for v in liked}
+            values = truth["item_attributes"][attr]
+            share = mine.map(values).isin(liked_idx).mean()
+            base = np.mean([v in liked_idx for v in values.values()])
+            # pattern and style carry half the weight of the others (TASTE_WEIGHTS): weaker
+            margin = 0.0 if attr in ("pattern", "style") else 0.15
+            assert share > base + margin, (name, attr, share, base)
+
+
+def held_out_hit_rate(world, attrs: list[str], k: int = 50) -> np.ndarray:
+    """HR@k of each user's newest item under a naive predictor: log(1 + training popularity)
+    plus the log-frequency of the item's values of ``attrs`` in the user's training items."""
+    order = np.lexsort((world.timestamps, world.users))
+    users, items = world.users[order], world.items[order]
+    n = world.config.n_items
+    bounds = np.r_[0, np.flatnonzero(np.diff(users)) + 1, len(users)]
+    is_train = np.ones(len(users), dtype=bool)
+    is_train[bounds[1:] - 1] = False
+    popularity = np.log1p(np.bincount(items[is_train], minlength=n))
+    hits = np.zeros(len(bounds) - 1, dtype=bool)
+    for u, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        train, target = items[a:b - 1], items[b - 1]
+        score = popularity.copy()
+        for attr in attrs:
+            value = world.item_attributes[attr]
+            freq = np.bincount(value[train], minlength=value.max() + 1) + 1.0
+            score += np.log(freq / freq.sum())[value]
+        score[train] = -np.inf
+        rank = 1 + np.sum(np.delete(score >= score[target], target))
+        hits[u] = rank <= k
+    return hits
+
+
+def test_content_predicts_the_held_out_item_of_its_own_group_only():
+    """On the full preset: image attributes help the visual group, title attributes the textual
+    group, co-consumption clusters the ID group; the other content does not help beyond popularity."""
+    world = simulate_world(WORLD_PRESETS["full"], np.random.default_rng(0))
+    predictors = {"image": ["colour", "shape", "pattern"], "text": ["category", "brand"],
+                  "id": ["cluster"]}
+    hr = {m: held_out_hit_rate(world, attrs) for m, attrs in predictors.items()}
+    hr["popularity"] = held_out_hit_rate(world, [])
+    for g, modality in enumerate(world.config.group_modalities):
+        mine = world.user_group == g
+        base = hr["popularity"][mine].mean()
+        assert hr[modality][mine].mean() >= base + 0.08, (modality, hr[modality][mine].mean(), base)
+        for other in predictors:
+            if other != modality:
+                assert hr[other][mine].mean() <= base + 0.03, (modality, other)
+
+
+@pytest.mark.parametrize("preset", ["full", "large"])
+def test_full_and_large_look_like_the_papers_data(preset):
+    config = WORLD_PRESETS[preset]
+    world = simulate_world(config, np.random.default_rng(0))
+    nnz = len(world.items)
+    assert 0.97 <= 1 - nnz / (config.n_users * config.n_items) <= 0.997
+    per_user = np.bincount(world.users, minlength=config.n_users)
+    assert per_user.min() >= 5 and per_user.max() >= 100          # 5 to a few hundred
+    per_item = np.bincount(world.items, minlength=config.n_items)
+    top = np.sort(per_item)[::-1][: config.n_items // 10].sum()
+    assert top / nnz >= 0.35                                        # long tail of popularity
+    assert np.mean((per_item >= 1) & (per_item <= 5)) >= 0.25       # many rarely seen items
+
+
+def test_invalid_configs_raise_named_errors(tmp_path):
+    with pytest.raises(OptionError, match="group_modalities"):
+        simulate_world(WorldConfig(group_modalities=("smell",)), np.random.default_rng(0))
+    with pytest.raises(OptionError, match="preset"):
+        ensure_world("huge")
+
+
+def test_ensure_world_reuses_and_repairs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDMM_DATA_DIR", str(tmp_path))
+    folder = ensure_world("quick", seed=0)
+    assert folder == tmp_path / "world-quick-seed0"
+    assert load_ground_truth(folder)["generator_version"]
+    marker = folder / "features" / "marker.txt"   # stands for an encoder's cache
+    marker.parent.mkdir()
+    marker.write_text("kept")
+    assert ensure_world("quick", seed=0) == folder and marker.exists()   # reused
+
+    next(iter(sorted((folder / "images").glob("*.png")))).unlink()       # incomplete
+    assert ensure_world("quick", seed=0) == folder and not marker.exists()
+    assert folder_hashes(folder) == folder_hashes(generate_world(QUICK, 0, tmp_path / "ref",
+                                                                 preset="quick"))
+
+    truth = json.loads((folder / "ground_truth.json").read_text())
+    truth["generator_version"] = "0"                                     # another version
+    (folder / "ground_truth.json").write_text(json.dumps(truth))
+    marker.parent.mkdir()
+    marker.write_text("stale")
+    ensure_world("quick", seed=0)
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "world-quick-seed0"]  # no temp left
