@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", type=Path, default=None,
                         help="where raw downloads are kept (default: OUT/../raw-amazon-CATEGORY)")
     parser.add_argument("--version", default="2014", choices=sorted(SOURCES))
-    parser.add_argument("--k-core", type=int, default=10, help="k-core on users and items (0: none)")
+    parser.add_argument("--k-core", type=int, default=10,
+                        help="k-core on users and items (0: none)")
     parser.add_argument("--no-images", action="store_true", help="skip image downloads")
     parser.add_argument("--workers", type=int, default=8, help="parallel image downloads")
     args = parser.parse_args(argv)

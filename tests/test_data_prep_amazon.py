@@ -21,9 +21,10 @@ from data_prep.common import DownloadError, download, k_core, stats
 
 # ----------------------------------------------------------------------------- local server
 class _Handler(BaseHTTPRequestHandler):
-    """Serves ``server.root``. Paths starting with ``/flaky/`` answer 503 the first time,
-    ``/cut/`` sends only half the body the first time (then closes), ``/norange/`` ignores
-    Range headers. Every request is logged as (path, Range header) in ``server.log``."""
+    """Serves ``server.root`` under ``/plain/``. ``/down/`` always answers 503, ``/flaky/``
+    answers 503 the first time, ``/cut/`` sends only half the body the first time (then closes),
+    ``/norange/`` ignores Range headers. Every request is logged as (path, Range header) in
+    ``server.log``."""
 
     def log_message(self, *args):  # keep the test output clean
         pass
@@ -36,11 +37,11 @@ class _Handler(BaseHTTPRequestHandler):
             seen = srv.seen.get(path, 0)
             srv.seen[path] = seen + 1
         mode, _, rel = path.lstrip("/").partition("/")
-        if mode not in ("flaky", "cut", "norange", "plain"):
+        if mode not in ("flaky", "cut", "norange", "plain", "down"):
             self.send_error(404)
             return
         file = srv.root / rel
-        if mode == "flaky" and seen == 0:
+        if mode == "down" or mode == "flaky" and seen == 0:
             self.send_error(503)
             return
         if not file.is_file():
@@ -141,11 +142,13 @@ def test_download_404_fails_at_once_and_sha256_is_checked(server, tmp_path):
     assert not (tmp_path / "t.bin").exists()
 
 
-def test_download_gives_up_after_retries(tmp_path):
-    # port 9 on 127.0.0.1: nothing listens there, every attempt is refused
+def test_download_gives_up_after_retries(server, tmp_path):
+    (server.root / "x").write_bytes(b"x")
     with pytest.raises(DownloadError, match="after 3 attempts"):
-        download("http://127.0.0.1:9/x", tmp_path / "x", retries=2, backoff=0.01,
+        download(f"{server.url}/down/x", tmp_path / "x", retries=2, backoff=0.01,
                  progress=False)
+    assert len(server.log) == 3  # 503 every time: tried 1 + 2 times
+    assert not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------- k-core oracle
@@ -279,7 +282,8 @@ def test_convert_2023_jsonl_offline(tmp_path):
         for i in CORE_ITEMS + ["B5"]:
             f.write(json.dumps({"parent_asin": i, "title": f"t{i}", "images": [
                 {"thumb": "http://x/t.jpg", "large": f"http://x/{i}-alt.jpg", "variant": "PT01"},
-                {"thumb": "http://x/t.jpg", "large": f"http://x/{i}.jpg", "variant": "MAIN"}]}) + "\n")
+                {"thumb": "http://x/t.jpg", "large": f"http://x/{i}.jpg", "variant": "MAIN"},
+            ]}) + "\n")
     meta, _ = amazon.read_meta(raw / "meta_All_Beauty.jsonl.gz")
     assert meta["B2"] == ("tB2", "http://x/B2.jpg")  # the MAIN image first
     out = amazon.convert(raw, tmp_path / "out", "Beauty", download_images=False, k_core=3,

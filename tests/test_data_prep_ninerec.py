@@ -82,8 +82,8 @@ def test_convert_from_the_zip_archive(tmp_path, capsys):
             assert image == ""
         else:
             assert image == f"images/{item}.jpg"
-            assert (out / image).read_bytes() == (
-                tmp_path / "raw/NineRec/Downstream_datasets/KU/KU_cover" / f"{item}.jpg").read_bytes()
+            cover = tmp_path / "raw/NineRec/Downstream_datasets/KU/KU_cover" / f"{item}.jpg"
+            assert (out / image).read_bytes() == cover.read_bytes()
     printed = capsys.readouterr().out
     assert "skipped 2 malformed rows" in printed
     assert "keep 11 of 15 interactions" in printed
