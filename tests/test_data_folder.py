@@ -221,3 +221,49 @@ def test_world_ground_truth_missing_user(fake_world, tiny_folder):
     (tiny_folder / "ground_truth.json").write_text(json.dumps(truth))
     with pytest.raises(DatasetError, match=r"ground_truth\.json: user_group has no entry for user 'u05'"):
         load_dataset("world-quick")
+
+
+def test_movielens_conversion_is_atomic_and_cached(monkeypatch, tmp_path, tiny_folder, capsys):
+    """A failed conversion leaves nothing behind; a finished one is reused, not redone."""
+    import shutil
+
+    monkeypatch.setenv("FEDMM_DATA_DIR", str(tmp_path / "home"))
+    monkeypatch.setenv("FEDMM_MOVIELENS_POSTERS", str(tmp_path))  # exists; the fake ignores it
+    calls = []
+
+    def convert(raw_dir, out_dir):
+        calls.append(out_dir)
+        shutil.copytree(tiny_folder, out_dir)
+        print("converter chatter")  # must not reach stdout (info prints JSON there)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # interrupted half-way
+        return out_dir
+
+    module = types.ModuleType("data_prep.movielens_posters")
+    module.convert = convert
+    monkeypatch.setitem(sys.modules, "data_prep.movielens_posters", module)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("movielens-posters")
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == []
+    dataset = load_dataset("movielens-posters", k_core=0)  # the tiny folder has no 5-core
+    assert dataset.name == "movielens-posters"
+    assert dataset.root == tmp_path / "home" / "movielens-posters"
+    assert (dataset.n_users, dataset.n_items) == (12, 20)
+    again = load_dataset("movielens-posters", k_core=0)
+    assert len(calls) == 2
+    captured = capsys.readouterr()
+    assert "converter chatter" not in captured.out and "converter chatter" in captured.err
+    assert np.array_equal(again.train_indices, dataset.train_indices)
+
+
+def test_movielens_posters_real_data(monkeypatch):
+    from fedmm_lite.data.sources import movielens_raw_dir
+
+    monkeypatch.delenv("FEDMM_MOVIELENS_POSTERS", raising=False)
+    if movielens_raw_dir() is None:
+        pytest.skip("../shared/data/movielens_posters is absent")
+    dataset = load_dataset("movielens-posters")
+    # ../shared/data/README.md: with a 5-core filter 597 users, 1,849 items, 56,166 interactions
+    stats = dataset.stats()
+    assert (stats["users"], stats["items"], stats["interactions"]) == (597, 1849, 56166)
+    assert dataset.report.missing_images == [] and dataset.report.unreadable_images == []

@@ -12,8 +12,10 @@ A preset name wins over a folder of the same name in the working directory; writ
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +112,9 @@ def _movielens_folder() -> Path:
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        convert(raw, tmp)
+        # the converter reports what it kept on stdout; stdout belongs to results (info's JSON)
+        with contextlib.redirect_stdout(sys.stderr):
+            convert(raw, tmp)
     except BaseException:  # interrupted or failed: leave nothing that looks converted
         shutil.rmtree(tmp, ignore_errors=True)
         raise
