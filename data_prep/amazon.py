@@ -26,6 +26,7 @@ import argparse
 import ast
 import csv
 import gzip
+import html
 import io
 import json
 import sys
@@ -138,7 +139,8 @@ def read_meta(path: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
                 skipped.append(f"{path.name} line {lineno}")
                 continue
             title = record.get("title")
-            title = " ".join(title.split()) if isinstance(title, str) else ""
+            # titles carry HTML entities ("&amp;") and runs of spaces in the 2014 and 2018 files
+            title = " ".join(html.unescape(title).split()) if isinstance(title, str) else ""
             meta[asin.strip()] = (title, _image_url(record))
     return meta, skipped
 

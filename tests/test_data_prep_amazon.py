@@ -183,7 +183,7 @@ def write_2014(raw: Path, url: str) -> None:
     lines = [f"{u},{i},{r},{t}" for u, i, r, t in ratings_rows()] + ["broken,row"]
     (raw / "ratings_Beauty.csv").write_text("\n".join(lines) + "\n")
     meta = [
-        {"asin": "B1", "title": "Rose  lipstick", "imUrl": f"{url}/plain/img/B1.jpg",
+        {"asin": "B1", "title": "Rose  &amp; lipstick", "imUrl": f"{url}/plain/img/B1.jpg",
          "categories": [["Beauty"]]},
         {"asin": "B2", "title": "Brush set"},  # no image URL
         {"asin": "B3", "title": "Nail polish", "imUrl": f"{url}/plain/img/missing.jpg"},  # 404
@@ -225,7 +225,7 @@ def test_convert_2014_downloads_raw_files_and_images(server, tmp_path, capsys):
                          base_url=f"{server.url}/plain/", backoff=0.01, workers=2)
     inter, items = read_out(out)
     assert sorted(inter) == expected_core()
-    assert items == {"B1": ("Rose lipstick", "images/B1.jpg"), "B2": ("Brush set", ""),
+    assert items == {"B1": ("Rose & lipstick", "images/B1.jpg"), "B2": ("Brush set", ""),
                      "B3": ("Nail polish", ""), "B4": ("", "images/B4.jpg")}
     assert (out / "images" / "B1.jpg").read_bytes() == b1
     assert (out / "images" / "B4.jpg").read_bytes() == b4
