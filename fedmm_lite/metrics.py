@@ -76,6 +76,8 @@ def hr_ndcg(ranks: torch.Tensor | np.ndarray | Sequence[int],
     Keys ``hr@K`` and ``ndcg@K`` for each K in ``ks``. With one relevant item per user the ideal DCG
     is 1, so NDCG@K = 1[rank <= K] / log2(1 + rank).
     """
+    if isinstance(ranks, torch.Tensor):
+        ranks = ranks.detach().cpu()
     ranks = torch.as_tensor(np.asarray(ranks), dtype=torch.float64).flatten()   # (users,)
     if ranks.numel() == 0:
         raise ValueError("hr_ndcg: no ranks given (no users evaluated)")
