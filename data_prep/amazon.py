@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--category", required=True, choices=sorted(CATEGORIES))
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--raw", type=Path, default=None,
-                        help="where raw downloads are kept (default: OUT/../raw-amazon-CATEGORY)")
+                        help="where raw downloads are kept "
+                        "(default: OUT/../raw-amazon-CATEGORY-VERSION)")
     parser.add_argument("--version", default="2014", choices=sorted(SOURCES))
     parser.add_argument("--k-core", type=int, default=10,
                         help="k-core on users and items (0: none)")
