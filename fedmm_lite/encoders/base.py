@@ -1,0 +1,91 @@
+"""The one interface every frozen item encoder follows, and the image reading they share.
+
+An encoder turns item pictures and item titles into one feature matrix per modality:
+
+    encoder.encode_images(images) -> (n, D_image) float32   # images: PIL images or file paths
+    encoder.encode_titles(titles) -> (n, D_text)  float32   # titles: non-empty strings
+
+It also says who it is without loading any weights (``describe()``, a JSON-able dict that keys the
+feature cache) and whether each modality comes from pretrained weights (``pretrained``). Models are
+loaded lazily on the first call, so that a cache hit never pays for loading them.
+
+Missing inputs are the caller's business (``pipeline.encode_dataset`` imputes them): an encoder is
+only ever handed readable pictures and real sentences.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DatasetError
+
+ImageLike = Union[Image.Image, str, os.PathLike]
+
+# Errors PIL raises on a missing, truncated or corrupt picture (UnidentifiedImageError is an
+# OSError; a decompression bomb and some broken headers raise the others).
+IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ItemEncoder(Protocol):
+    """What ``encode_dataset`` needs from an encoder (see the module docstring)."""
+
+    tag: str                       # folder name under <dataset>/features/, e.g. "clip-random+minilm"
+    pretrained: dict[str, bool]    # {"image": bool, "text": bool}
+
+    def describe(self) -> dict:
+        """JSON-able identity (architecture, weights, preprocessing); cheap: loads nothing."""
+
+    def encode_images(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """(n, D_image) float32 features of readable pictures."""
+
+    def encode_titles(self, titles: Sequence[str]) -> np.ndarray:
+        """(n, D_text) float32 features of non-empty titles."""
+
+
+def read_image(path: str | os.PathLike) -> Image.Image | None:
+    """Open a picture as RGB, fully decoded; ``None`` when it is missing or unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")  # convert() forces the decode: truncation shows up here
+    except IMAGE_READ_ERRORS:
+        return None
+
+
+def as_rgb(image: ImageLike) -> Image.Image:
+    """A PIL image as RGB; a path is opened (an unreadable one raises ``DatasetError``)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    img = read_image(image)
+    if img is None:
+        raise DatasetError(f"image {Path(image)}: missing or not a readable picture")
+    return img
+
+
+def batches(count: int, batch_size: int):
+    """Consecutive ``(start, stop)`` ranges of at most ``batch_size`` covering ``range(count)``."""
+    for start in range(0, count, batch_size):
+        yield start, min(start + batch_size, count)
+
+
+class PairEncoder:
+    """Pictures from one encoder and titles from another, e.g. ``clip-random+minilm``."""
+
+    def __init__(self, image_encoder, text_encoder):
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.tag = f"{image_encoder.tag}+{text_encoder.tag}"
+        self.pretrained = {"image": image_encoder.pretrained["image"],
+                           "text": text_encoder.pretrained["text"]}
+
+    def describe(self) -> dict:
+        return {"image": self.image_encoder.describe(), "text": self.text_encoder.describe()}
+
+    def encode_images(self, images: Sequence[ImageLike]) -> np.ndarray:
+        return self.image_encoder.encode_images(images)
+
+    def encode_titles(self, titles: Sequence[str]) -> np.ndarray:
+        return self.text_encoder.encode_titles(titles)

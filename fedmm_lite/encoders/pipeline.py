@@ -1,0 +1,196 @@
+"""Encode a dataset's items once, cache the features, impute what is missing.
+
+``encode_dataset(dataset, encoder)`` fills ``dataset.features = {"image": (n, D_i), "text": (n, D_t)}``
+and ``dataset.feature_encoder``, reading <root>/features/<tag>/ when it is valid (cache.py) and
+otherwise encoding block by block, saving each block so that an interrupted run resumes.
+
+Missing inputs never crash the run:
+- a picture that is absent (``image_paths[i] is None``) or that PIL cannot decode gets the mean of
+  the available picture features (all zeros if no picture at all could be read);
+- an empty title is replaced by the fixed sentence ``PLACEHOLDER_TITLE`` before encoding;
+both are counted in the returned ``EncodeSummary`` and in meta.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..config import resolve_device
+from ..errors import DatasetError, OptionError
+from .base import batches, read_image
+from .cache import FeatureCache, dataset_fingerprint
+from .registry import build_encoder, minilm_available
+
+PLACEHOLDER_TITLE = "an item without a title"
+IMPUTATION = "mean of the available image features"
+
+
+def default_offline_encoder() -> str:
+    """The tag to use when pretrained CLIP cannot be downloaded.
+
+    ``clip-random+minilm``: pictures from the seeded random ViT-B-32 (it separates colours and shapes
+    of rendered pictures), titles from the pretrained MiniLM sentence encoder (real language
+    knowledge, offline). ``clip-random`` when the MiniLM package is not installed.
+    """
+    return "clip-random+minilm" if minilm_available() else "clip-random"
+
+
+@dataclass(frozen=True)
+class EncodeSummary:
+    """What ``encode_dataset`` did (printed as JSON by ``python -m fedmm_lite encode``)."""
+
+    encoder: str                     # tag, e.g. "clip-random+minilm"
+    pretrained: dict                 # {"image": bool, "text": bool}: False = random weights
+    items: int
+    image_dim: int
+    text_dim: int
+    images_missing: int              # no picture given (image path None)
+    images_unreadable: int           # a file PIL could not decode
+    images_imputed: int              # = missing + unreadable, set to the mean picture feature
+    titles_missing: int              # empty titles, encoded as PLACEHOLDER_TITLE
+    items_encoded: int               # run through the encoder in this call (0 on a cache hit)
+    seconds: float
+    items_per_second: float          # items / seconds of this call
+    cache_hit: bool
+    cache_path: str | None           # None when the dataset has no folder (nothing cached)
+    cache_note: str                  # "hit", or why it was (re)built: "no cache yet", "... changed"
+    device: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _encode_block(encoder, dataset, start: int, stop: int, batch_size: int) -> dict:
+    """Features of items ``start..stop-1``: unreadable pictures get zero rows and ``image_ok`` False."""
+    image_parts, text_parts, ok_parts = [], [], []
+    for lo, hi in batches(stop - start, batch_size):
+        rows = range(start + lo, start + hi)
+        pictures = [read_image(dataset.image_paths[i]) if dataset.image_paths[i] is not None else None
+                    for i in rows]
+        ok = np.array([p is not None for p in pictures], dtype=bool)  # (b,)
+        feats = encoder.encode_images([p for p in pictures if p is not None])  # (b_ok, D_i)
+        image = np.zeros((len(rows), feats.shape[1]), dtype=np.float32)  # (b, D_i)
+        image[ok] = feats
+        titles = [dataset.titles[i].strip() or PLACEHOLDER_TITLE for i in rows]
+        image_parts.append(image)
+        text_parts.append(encoder.encode_titles(titles).astype(np.float32))  # (b, D_t)
+        ok_parts.append(ok)
+    return {"image": np.concatenate(image_parts), "text": np.concatenate(text_parts),
+            "image_ok": np.concatenate(ok_parts)}
+
+
+def impute_missing_images(image: np.ndarray, image_ok: np.ndarray) -> np.ndarray:
+    """Rows with ``image_ok`` False get the mean of the others (zeros if there are none).
+
+    x_i = (1 / |A|) sum_{j in A} x_j  for every i not in A, A = items with a readable picture.
+    """
+    image = image.copy()  # (n, D)
+    if (~image_ok).any():
+        # x_i = mean_{j in A} x_j
+        fill = image[image_ok].mean(axis=0) if image_ok.any() else np.zeros(image.shape[1], np.float32)
+        image[~image_ok] = fill
+    return image
+
+
+def encode_dataset(dataset, encoder=None, device="auto", batch_size: int = 64, progress: bool = True,
+                   *, cache: bool = True, part_size: int = 1024) -> EncodeSummary:
+    """Fill ``dataset.features`` with frozen item features (cached under the dataset's folder).
+
+    ``encoder`` is a tag (``registry.ENCODER_HELP``; None = ``default_offline_encoder()``) or an
+    object following ``base.ItemEncoder``. ``part_size`` items are encoded between two saves of
+    partial progress. ``cache=False`` (or a dataset without a folder) encodes in memory only.
+    """
+    started = time.perf_counter()
+    if batch_size < 1 or part_size < 1:
+        raise OptionError(f"--batch-size {batch_size} / part_size {part_size}: must be >= 1")
+    try:
+        torch_device = resolve_device(device)
+    except (ValueError, RuntimeError) as err:
+        raise OptionError(f"--device {device}: {err}") from None
+    if encoder is None:
+        encoder = default_offline_encoder()
+    if isinstance(encoder, str):
+        encoder = build_encoder(encoder, torch_device, batch_size)
+    n = dataset.n_items
+    if n == 0:
+        raise DatasetError(f"dataset {dataset.name}: no items to encode")
+    store = None
+    if cache and dataset.root is not None:
+        key = {"dataset": dataset_fingerprint(dataset), "encoder": encoder.describe(),
+               "placeholder_title": PLACEHOLDER_TITLE, "imputation": IMPUTATION}
+        store = FeatureCache(Path(dataset.root) / "features" / encoder.tag, key)
+        features, meta, note = store.load(n)
+        if features is not None:
+            dataset.features, dataset.feature_encoder = features, encoder.tag
+            return _summary(encoder, dataset, meta["counts"], 0, started, True, store, note, torch_device)
+        if note not in ("no cache yet", "dataset or encoder changed"):
+            sys.stderr.write(f"feature cache {store.folder}: {note}; rebuilding it\n")
+        store.drop_stale_parts()
+    else:
+        note = "not cached"
+
+    block = max(batch_size, (part_size // batch_size) * batch_size)  # a whole number of batches
+    parts, encoded = [], 0
+    with tqdm(total=n, desc=f"encode {encoder.tag}", unit="item", disable=not progress,
+              file=sys.stderr) as bar:
+        for b, (start, stop) in enumerate(batches(n, block)):
+            part = store.load_part(b, stop - start) if store is not None else None
+            if part is None:
+                part = _encode_block(encoder, dataset, start, stop, batch_size)
+                encoded += stop - start
+                if store is not None:
+                    store.save_part(b, part)
+            parts.append(part)
+            bar.update(stop - start)
+
+    image_ok = np.concatenate([p["image_ok"] for p in parts])  # (n,)
+    has_path = np.array([p is not None for p in dataset.image_paths], dtype=bool)  # (n,)
+    features = {"image": impute_missing_images(np.concatenate([p["image"] for p in parts]), image_ok),
+                "text": np.concatenate([p["text"] for p in parts])}
+    counts = {"images_missing": int((~has_path).sum()),
+              "images_unreadable": int((has_path & ~image_ok).sum()),
+              "titles_missing": int(sum(1 for t in dataset.titles if not t.strip()))}
+    if n and not image_ok.any():
+        sys.stderr.write(f"encode {encoder.tag}: no picture could be read; image features are zeros\n")
+    dataset.features, dataset.feature_encoder = features, encoder.tag
+    summary = _summary(encoder, dataset, counts, encoded, started, False, store, note, torch_device)
+    if store is not None:
+        store.save(features, {
+            "tag": encoder.tag, "pretrained": all(encoder.pretrained.values()),
+            "pretrained_by_modality": encoder.pretrained, "encoder": encoder.describe(),
+            "items": n, "dims": {m: int(f.shape[1]) for m, f in features.items()}, "counts": counts,
+            "placeholder_title": PLACEHOLDER_TITLE, "imputation": IMPUTATION,
+            "seconds_to_encode": summary.seconds, "device": str(torch_device),
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return summary
+
+
+def _summary(encoder, dataset, counts, encoded, started, hit, store, note, device) -> EncodeSummary:
+    seconds = time.perf_counter() - started
+    missing, unreadable = counts["images_missing"], counts["images_unreadable"]
+    return EncodeSummary(
+        encoder=encoder.tag, pretrained=dict(encoder.pretrained), items=dataset.n_items,
+        image_dim=int(dataset.features["image"].shape[1]), text_dim=int(dataset.features["text"].shape[1]),
+        images_missing=missing, images_unreadable=unreadable, images_imputed=missing + unreadable,
+        titles_missing=counts["titles_missing"], items_encoded=encoded, seconds=round(seconds, 3),
+        items_per_second=round(dataset.n_items / seconds, 2) if seconds > 0 else float("inf"),
+        cache_hit=hit, cache_path=str(store.folder) if store is not None else None,
+        cache_note=note, device=str(device))
+
+
+def cmd_encode(args) -> int:
+    """``python -m fedmm_lite encode --data D --encoder E``: fill the cache, print the summary."""
+    from ..data import load_dataset
+
+    dataset = load_dataset(args.data, seed=args.seed)
+    summary = encode_dataset(dataset, args.encoder or default_offline_encoder(), device=args.device,
+                             batch_size=args.batch_size, progress=True)
+    print(json.dumps(summary.as_dict(), indent=2))
+    return 0
