@@ -89,3 +89,39 @@ def leave_one_out_timeline(interactions: pd.DataFrame, dataset: Dataset, user: i
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return fig
+
+
+def planted_groups_table(dataset: Dataset) -> pd.DataFrame:
+    """How strongly each planted group's taste shows in each item attribute (a lift).
+
+    For user u and attribute a, the user's history predicts its test item's value v with
+    probability p_u = (share of u's training items with value v); a taste-less user would get
+    b_u = (share of all training interactions with value v). The table gives, per group,
+    mean(p_u) / mean(b_u): 1 = the attribute says nothing about the group's next item, 2 = twice
+    as predictive as popularity alone.
+    """
+    truth = dataset.ground_truth
+    if truth is None:
+        raise ValueError(f"{dataset.name} has no planted ground truth (only the world has)")
+    groups = np.asarray(truth["user_group"])
+    owner = dataset.train_user_of_each_interaction()                       # (nnz,)
+    rows = []
+    for g, name in enumerate(truth["group_names"]):
+        members = np.flatnonzero(groups == g)
+        row = {"group": name, "taste in": truth["group_modality"][g], "users": len(members)}
+        for attr, values in truth["item_attributes"].items():
+            values = np.asarray(values)
+            n_values = int(values.max()) + 1
+            train_values = values[dataset.train_indices]                   # (nnz,)
+            base = np.bincount(train_values, minlength=n_values) / len(train_values)
+            # per-user histogram of training values: (U, V)
+            hist = np.zeros((dataset.n_users, n_values))
+            np.add.at(hist, (owner, train_values), 1.0)
+            hist /= dataset.train_sizes[:, None]
+            target = values[dataset.test_items[members]]                   # (members,)
+            p = hist[members, target]
+            b = base[target]
+            column = f"{attr} ({truth['attribute_modality'][attr]})"
+            row[column] = float(p.mean() / b.mean()) if len(members) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("group").round(2)
