@@ -267,3 +267,10 @@ def test_movielens_posters_real_data(monkeypatch):
     stats = dataset.stats()
     assert (stats["users"], stats["items"], stats["interactions"]) == (597, 1849, 56166)
     assert dataset.report.missing_images == [] and dataset.report.unreadable_images == []
+
+
+def test_relative_path_gives_an_absolute_root(make_folder, tmp_path, monkeypatch):
+    make_folder(INTER, ITEMS, name="rel")
+    monkeypatch.chdir(tmp_path)
+    raw = read_folder("rel")
+    assert raw.root.is_absolute() and raw.root == tmp_path / "rel"

@@ -36,7 +36,7 @@ class RawData:
 
     interactions: pd.DataFrame  # columns user_id (str), item_id (str), timestamp (float64)
     items: pd.DataFrame         # columns item_id (str), title (str), image (str, "" = none)
-    root: Path                  # the dataset folder; image paths are relative to it
+    root: Path                  # the dataset folder (absolute); image paths are relative to it
 
 
 def _line(row_position: int) -> int:
@@ -131,4 +131,4 @@ def read_folder(path: str | Path) -> RawData:
     # items first: interactions are checked against its ids
     items = _read_items(root / "items.csv")
     interactions = _read_interactions(root / "interactions.csv", items["item_id"])
-    return RawData(interactions=interactions, items=items, root=root)
+    return RawData(interactions=interactions, items=items, root=root.absolute())

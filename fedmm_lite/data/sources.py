@@ -62,14 +62,20 @@ def _align_ground_truth(truth: dict, dataset: Dataset, source: Path) -> dict:
     return aligned
 
 
+def _build(folder: Path, min_user_interactions: int | None, k_core: int | None, default_k_core: int,
+           name: str) -> Dataset:
+    """read_folder + build_dataset with the source's defaults for the options left as None."""
+    return build_dataset(read_folder(folder),
+                         min_user_interactions=3 if min_user_interactions is None else min_user_interactions,
+                         k_core=default_k_core if k_core is None else k_core, name=name)
+
+
 def _load_world(preset: str, seed: int, min_user_interactions: int | None,
                 k_core: int | None) -> Dataset:
     from .world import ensure_world, load_ground_truth
 
     folder = Path(ensure_world(preset, seed=seed))
-    dataset = build_dataset(read_folder(folder),
-                            min_user_interactions=3 if min_user_interactions is None else min_user_interactions,
-                            k_core=0 if k_core is None else k_core, name=f"world-{preset}")
+    dataset = _build(folder, min_user_interactions, k_core, 0, f"world-{preset}")
     dataset.ground_truth = _align_ground_truth(load_ground_truth(folder), dataset, folder)
     return dataset
 
@@ -148,14 +154,10 @@ def load_dataset(source: str | os.PathLike, *, seed: int = 0, min_user_interacti
     if name in PRESETS and name.startswith("world-"):
         return _load_world(name[len("world-"):], seed, min_user_interactions, k_core)
     if name == "movielens-posters":
-        return build_dataset(read_folder(_movielens_folder()),
-                             min_user_interactions=3 if min_user_interactions is None else min_user_interactions,
-                             k_core=MOVIELENS_K_CORE if k_core is None else k_core, name="movielens-posters")
+        return _build(_movielens_folder(), min_user_interactions, k_core, MOVIELENS_K_CORE, name)
     path = Path(name).expanduser()
     if path.is_dir():
-        return build_dataset(read_folder(path),
-                             min_user_interactions=3 if min_user_interactions is None else min_user_interactions,
-                             k_core=0 if k_core is None else k_core, name=path.resolve().name)
+        return _build(path, min_user_interactions, k_core, 0, path.resolve().name)
     if path.exists():
         raise DatasetError(f"{path}: not a folder (a dataset folder holds interactions.csv and items.csv)")
     raise DatasetError(f"unknown dataset '{name}': not a preset ({', '.join(PRESETS)}) and not an "

@@ -80,7 +80,8 @@ def _empty_message(name: str, report: LoadReport, k_core: int, min_user: int, n_
         parts.append(f"the {k_core}-core filter dropped {report.users_dropped_kcore} users and "
                      f"{report.items_dropped_kcore} items")
     parts.append(f"{report.users_dropped_too_few} users had fewer than {min_user} interactions")
-    return f"{name}: empty after filtering: " + "; ".join(parts) + " (lower --k-core / min_user_interactions?)"
+    return (f"{name}: empty after filtering: " + "; ".join(parts)
+            + " (lower --k-core / min_user_interactions?)")
 
 
 def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int = 0,
