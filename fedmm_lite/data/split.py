@@ -7,7 +7,8 @@ Steps, in this order, all vectorised with numpy:
 4. drop catalogue items that no remaining user interacted with (counted);
 5. index users and items by sorted original id (see ``_sorted_ids``);
 6. leave-one-out by timestamp: newest -> test, second newest -> validation, the rest -> train;
-   ties are broken by timestamp, then by item id (the larger id counts as the newer one);
+   ties are broken by timestamp, then by item id in the order of step 5 (the larger id counts as
+   the newer one: of two items seen at the newest timestamp, the larger id is the test item);
 7. check titles and images: an empty title, an empty image field or an absent file is *missing*, a
    file that PIL cannot identify is *unreadable*; both are recorded in the ``LoadReport`` and the
    image path is set to ``None`` (the encoders impute the mean feature).
