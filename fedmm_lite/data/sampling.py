@@ -55,14 +55,18 @@ class NegativeSampler:
         pos = torch.searchsorted(self.keys, query).clamp(max=len(self.keys) - 1)  # (m,)
         return self.keys[pos] == query
 
-    def _sample_by_inversion(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Exact uniform draw: pick rank r among the user's n - s_u complement items, then
+    def _item_of_rank(self, users: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """The ``ranks``-th (0-based) item of each user's complement, in item order:
         item = r + #{j : t_j - j <= r} (the training items that precede the r-th complement item)."""
+        before = torch.searchsorted(self.gap_keys, users * self.n_items + ranks, right=True)
+        return ranks + (before - self.indptr[users])                          # (m,)
+
+    def _sample_by_inversion(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Exact uniform draw: a uniform rank r among the user's n - s_u complement items."""
         counts = self.n_candidates[users].to(torch.float64)                 # (m,)
         u01 = torch.rand(users.shape, generator=generator, device=self.device, dtype=torch.float64)
         r = torch.minimum((u01 * counts).long(), self.n_candidates[users] - 1)  # (m,)
-        before = torch.searchsorted(self.gap_keys, users * self.n_items + r, right=True)
-        return r + (before - self.indptr[users])                             # (m,)
+        return self._item_of_rank(users, r)
 
     def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One negative item per entry of ``users`` (LongTensor (m,)) -> LongTensor (m,)."""

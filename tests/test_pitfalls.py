@@ -1,0 +1,27 @@
+"""The published defects reproduced for the book's demonstrations behave exactly as described."""
+from __future__ import annotations
+
+import torch
+
+from fedmm_lite.fed.pitfalls import FixedLowestNegatives
+from test_sampling import TRAIN, _complement, _dataset
+
+
+def test_fixed_negatives_are_the_lowest_non_training_items_every_call():
+    sampler = FixedLowestNegatives(_dataset())
+    # each user asks for 4 negatives, as one contiguous run (the plan's layout)
+    users = torch.arange(len(TRAIN)).repeat_interleave(4)                 # (m,)
+    first = sampler.sample(users, torch.Generator().manual_seed(0))
+    second = sampler.sample(users, torch.Generator().manual_seed(123))
+    assert torch.equal(first, second)                                    # the generator is ignored
+    for u in range(len(TRAIN)):
+        complement = _complement(u)
+        expected = [complement[j % len(complement)] for j in range(4)]   # wraps when fewer exist
+        assert first[users == u].tolist() == expected, u
+
+
+def test_fixed_negatives_never_hit_a_training_item():
+    sampler = FixedLowestNegatives(_dataset())
+    users = torch.tensor([2] * 10 + [0] * 3 + [4] * 2)
+    for u, i in zip(users.tolist(), sampler.sample(users, torch.Generator()).tolist()):
+        assert i not in TRAIN[u]
