@@ -209,3 +209,15 @@ def test_ensure_world_reuses_and_repairs(tmp_path, monkeypatch):
     ensure_world("quick", seed=0)
     assert not marker.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "world-quick-seed0"]  # no temp left
+
+
+def test_load_dataset_attaches_aligned_ground_truth(tmp_path, monkeypatch):
+    from fedmm_lite.data import load_dataset
+
+    monkeypatch.setenv("FEDMM_DATA_DIR", str(tmp_path))
+    dataset = load_dataset("world-quick")
+    truth = load_ground_truth(tmp_path / "world-quick-seed0")
+    assert len(dataset.user_ids) == QUICK.n_users
+    assert list(dataset.ground_truth["user_group"]) == [truth["user_group"][u] for u in dataset.user_ids]
+    colour = truth["item_attributes"]["colour"]
+    assert list(dataset.ground_truth["item_attributes"]["colour"]) == [colour[i] for i in dataset.item_ids]

@@ -352,6 +352,7 @@ def ensure_world(preset: str, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=home))
     try:
         generate_world(WORLD_PRESETS[preset], seed, tmp, preset=preset)
+        tmp.chmod(0o755)                            # mkdtemp makes it private to its creator
         if _is_complete(final, preset, seed):       # a concurrent caller finished first
             return final
         if final.exists():                          # stale or incomplete: move aside, then replace

@@ -47,7 +47,7 @@ _CATEGORY_WORDS = {
     "notebook": ("notebook", "journal"), "backpack": ("backpack", "rucksack"),
     "clock": ("clock", "wall clock"), "vase": ("vase", "flower vase"),
 }
-_FILLERS = ("", "", " with gift box", " (set of 2)", " for home and office", " - premium edition",
+_FILLERS = ("", "", " with gift box", " (set of 2)", " for home and office", " premium edition",
             " XL", " compact size", " 2-pack", " new version")
 _TEMPLATES = (
     "{brand} {adj} {noun}{filler}",
