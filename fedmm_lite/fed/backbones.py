@@ -126,36 +126,32 @@ def ncf_depth(params: dict) -> int:
     return sum(1 for k in params if k.startswith("W") and k[1:].isdigit())
 
 
-def _rows(table: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """Gather per-client rows: table (C, R, d), slots (C, B) -> (C, B, d)."""
-    return torch.gather(table, 1, slots.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
+def batched_logits(backbone: str, view: dict) -> torch.Tensor:
+    """Logits (C, B) of a mini-batch on a chunk of clients.
 
-
-def batched_logits(backbone: str, local: dict, slots: torch.Tensor) -> torch.Tensor:
-    """Logits (C, B) of the samples whose item rows are ``slots`` (C, B) in each client's local copy."""
+    ``view`` holds, for every item table, the rows of the batch's items (C, B, d) and, for every
+    other tensor, the clients' copies (C, ...): the leading axis is always the client.
+    """
     if backbone in ("fedavg", "fcf"):
-        q = _rows(local["Q"], slots)                                            # (C, B, d)
         # s_ui = p_u . q_i + b_u
-        return torch.einsum("cbd,cd->cb", q, local["p"]) + local["b"].unsqueeze(1)
+        return torch.einsum("cbd,cd->cb", view["Q"], view["p"]) + view["b"].unsqueeze(1)
     if backbone == "fedncf":
-        q_g = _rows(local["Q_gmf"], slots)                                      # (C, B, d)
-        q_m = _rows(local["Q_mlp"], slots)                                      # (C, B, d)
-        gmf = local["p_gmf"].unsqueeze(1) * q_g                                 # (C, B, d)
-        x = torch.cat([local["p_mlp"].unsqueeze(1).expand_as(q_m), q_m], -1)    # (C, B, 2d)
-        for k in range(ncf_depth(local)):
+        q_m = view["Q_mlp"]                                                     # (C, B, d)
+        gmf = view["p_gmf"].unsqueeze(1) * view["Q_gmf"]                        # (C, B, d)
+        x = torch.cat([view["p_mlp"].unsqueeze(1).expand_as(q_m), q_m], -1)     # (C, B, 2d)
+        for k in range(ncf_depth(view)):
             # x <- relu(W_k x + c_k), one tower copy per client
-            x = torch.relu(torch.einsum("cbi,coi->cbo", x, local[f"W{k}"]) + local[f"c{k}"].unsqueeze(1))
+            x = torch.relu(torch.einsum("cbi,coi->cbo", x, view[f"W{k}"]) + view[f"c{k}"].unsqueeze(1))
         # s_ui = h . [p_u * q_i ; MLP(p'_u, q'_i)] + h_0
         z = torch.cat([gmf, x], -1)                                             # (C, B, d + last)
-        return torch.einsum("cbk,ck->cb", z, local["h"]) + local["h0"]
+        return torch.einsum("cbk,ck->cb", z, view["h"]) + view["h0"]
     if backbone == "pfedrec":
-        e = _rows(local["E"], slots)                                            # (C, B, d)
         # s_ui = w_u . E[i] + b_u
-        return torch.einsum("cbd,cd->cb", e, local["w"]) + local["b"].unsqueeze(1)
+        return torch.einsum("cbd,cd->cb", view["E"], view["w"]) + view["b"].unsqueeze(1)
     if backbone == "fedrap":
-        item = _rows(local["D"], slots) + _rows(local["C"], slots)              # (C, B, d)
         # s_ui = w_u . (D_u[i] + C[i]) + b_u
-        return torch.einsum("cbd,cd->cb", item, local["w"]) + local["b"].unsqueeze(1)
+        return (torch.einsum("cbd,cd->cb", view["D"] + view["C"], view["w"])
+                + view["b"].unsqueeze(1))
     raise ValueError(f"batched_logits: unknown backbone {backbone!r}")
 
 
@@ -165,8 +161,7 @@ def fedrap_weights(t: int, config) -> tuple[float, float]:
     return ramp * config.fedrap_lambda, ramp * config.fedrap_mu
 
 
-def regulariser(backbone: str, local: dict, slots: torch.Tensor, valid: torch.Tensor,
-                t: int, config) -> torch.Tensor | None:
+def regulariser(backbone: str, view: dict, valid: torch.Tensor, t: int, config) -> torch.Tensor | None:
     """Per-client extra loss (C,), or None. FedRAP (bounded, see below), over the batch rows:
 
         R_u = -lambda_t * mean_rows min((D_u[i] - C[i])^2, tau) + mu_t * mean_rows |C[i]|
@@ -178,8 +173,7 @@ def regulariser(backbone: str, local: dict, slots: torch.Tensor, valid: torch.Te
     if backbone != "fedrap":
         return None
     lam, mu = fedrap_weights(t, config)
-    d_rows = _rows(local["D"], slots)                                           # (C, B, d)
-    c_rows = _rows(local["C"], slots)                                           # (C, B, d)
+    d_rows, c_rows = view["D"], view["C"]                                       # (C, B, d) each
     m = valid.to(d_rows.dtype).unsqueeze(-1)                                    # (C, B, 1)
     count = (m.sum(dim=(1, 2)) * d_rows.shape[-1]).clamp(min=1)                 # (C,)
     # min((D_u[i] - C[i])^2, tau)

@@ -41,9 +41,7 @@ def _local_copies(state, plan, spec):
     for name in spec.private_tables:
         if name not in spec.tuned_from:                                         # trained directly (D_u)
             local[name] = state.private[name][clients.unsqueeze(1), plan.rows].to(dt)  # (C, R, d)
-    for v in local.values():
-        v.requires_grad_(True)
-    start = {name: local[name].detach().clone() for name in state.global_}
+    start = {name: local[name].clone() for name in state.global_}
     return local, start
 
 
@@ -53,47 +51,72 @@ def _step_sizes(spec, config):
     return lambda name: item_lr if name in table_names else lr
 
 
+def _batch_view(local, row_names, act, slots, phase):
+    """The tensors one mini-batch reads, for the active clients ``act`` (A,): item tables as the
+    rows of the batch's items (A, B, d), everything else as the clients' copies (A, ...). The
+    tensors of ``phase`` are fresh leaves that receive the gradient."""
+    view = {}
+    for name, value in local.items():
+        if name in row_names:
+            v = value[act.unsqueeze(1), slots]                                  # (A, B, d)
+        else:
+            v = value[act]                                                      # (A, ...)
+        view[name] = v.requires_grad_(True) if name in phase else v
+    return view
+
+
 def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
                 noise_generator: torch.Generator | None = None):
     """Train one chunk for one round. Returns ``(UploadBatch, per-client mean loss (C,))`` and
-    writes the clients' private tensors back into ``state.private``."""
+    writes the clients' private tensors back into ``state.private``.
+
+    A mini-batch step touches only its active clients and the rows of its items: the gradient of
+    a row read by several samples is accumulated (``index_put_(accumulate=True)``), exactly as
+    autograd would accumulate it in a full-table copy.
+    """
     spec = backbones.SPECS[state.backbone]
     device = state.joined.device
     plan = plan.to(device)
     C = plan.n_clients
     local, start = _local_copies(state, plan, spec)
     step_of = _step_sizes(spec, config)
+    row_names = set(spec.tables) | (set(spec.private_tables) - set(spec.tuned_from))
     phases = spec.phases or (tuple(local),)
     labels = plan.labels.to(state.dtype)                                        # (C, L)
     loss_sum = torch.zeros(C, dtype=torch.float64, device=device)
     batches_done = torch.zeros(C, dtype=torch.float64, device=device)
 
     for _, idx, valid in plan.batches():
-        active = valid.any(dim=1)                                               # (C,)
-        if not bool(active.any()):
+        act = torch.nonzero(valid.any(dim=1)).flatten()                         # (A,) active clients
+        if act.numel() == 0:
             continue
-        slots = torch.gather(plan.slots, 1, idx)                                # (C, B)
-        y = torch.gather(labels, 1, idx)                                        # (C, B)
-        m = valid.to(state.dtype)                                               # (C, B)
-        count = m.sum(1).clamp(min=1)                                           # (C,)
+        idx, valid = idx[act], valid[act]                                       # (A, B)
+        slots = torch.gather(plan.slots[act], 1, idx)                           # (A, B)
+        y = torch.gather(labels[act], 1, idx)                                   # (A, B)
+        m = valid.to(state.dtype)                                               # (A, B)
+        count = m.sum(1)                                                        # (A,) >= 1
         for k, phase in enumerate(phases):
-            logits = backbones.batched_logits(state.backbone, local, slots)     # (C, B)
+            view = _batch_view(local, row_names, act, slots, phase)
+            logits = backbones.batched_logits(state.backbone, view)             # (A, B)
             # loss_c = mean over c's valid samples of BCE(sigma(s), y) (+ FedRAP's regulariser)
             bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-            loss = (bce * m).sum(1) / count                                     # (C,)
-            reg = backbones.regulariser(state.backbone, local, slots, valid, t, config)
+            loss = (bce * m).sum(1) / count                                     # (A,)
+            reg = backbones.regulariser(state.backbone, view, valid, t, config)
             if reg is not None:
                 loss = loss + reg
-            params = [local[name] for name in phase]
-            grads = torch.autograd.grad(loss.sum(), params)
+            # one backward on sum_c loss_c: client c's tensors only receive client c's gradient
+            grads = torch.autograd.grad(loss.sum(), [view[name] for name in phase])
             with torch.no_grad():
-                for name, p, g in zip(phase, params, grads):
-                    keep = active.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))   # (C, 1, ...)
-                    # theta_c <- theta_c - lr * grad_c, only for clients with data here
-                    p -= step_of(name) * keep * g
+                for name, g in zip(phase, grads):
+                    # theta_c <- theta_c - lr * grad_c (rows: accumulated over repeated items)
+                    if name in row_names:
+                        local[name].index_put_((act.unsqueeze(1).expand_as(slots), slots),
+                                               -step_of(name) * g, accumulate=True)
+                    else:
+                        local[name].index_add_(0, act, -step_of(name) * g)
             if k == 0:
-                loss_sum += torch.where(active, loss.detach().double(), 0.0)
-        batches_done += active.double()
+                loss_sum.index_add_(0, act, loss.detach().double())
+        batches_done.index_add_(0, act, torch.ones_like(act, dtype=torch.float64))
 
     uploads = _uploads(state, plan, local, start, spec, noise, noise_generator)
     _write_private(state, plan, local, spec)
