@@ -113,10 +113,10 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
                         local[name].index_put_((act.unsqueeze(1).expand_as(slots), slots),
                                                -step_of(name) * g, accumulate=True)
                     else:
-                        local[name].index_add_(0, act, -step_of(name) * g)
+                        local[name].index_put_((act,), -step_of(name) * g, accumulate=True)
             if k == 0:
-                loss_sum.index_add_(0, act, loss.detach().double())
-        batches_done.index_add_(0, act, torch.ones_like(act, dtype=torch.float64))
+                loss_sum.index_put_((act,), loss.detach().double(), accumulate=True)
+        batches_done.index_put_((act,), torch.ones_like(act, dtype=torch.float64), accumulate=True)
 
     uploads = _uploads(state, plan, local, start, spec, noise, noise_generator)
     _write_private(state, plan, local, spec)

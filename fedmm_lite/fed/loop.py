@@ -92,9 +92,26 @@ def _progress(total: int, enabled: bool, label: str):
 
 
 def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResult:
-    """Train and evaluate one configuration (module docstring)."""
+    """Train and evaluate one configuration (module docstring).
+
+    Deterministic for a seed on the same device: all randomness comes from the run's CPU
+    generators; on CUDA the run switches PyTorch's deterministic algorithms on (and back after),
+    so accumulating row updates gives the same sums every time.
+    """
     config = validate(config)
     device = resolve_device(config.device)
+    if device.type != "cuda":
+        return _run(dataset, config, device, progress)
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _run(dataset, config, device, progress)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _run(dataset, config: FedConfig, device: torch.device, progress: bool) -> RunResult:
     t0 = time.perf_counter()
     result = RunResult(config=config)
     if config.backbone == "popularity":

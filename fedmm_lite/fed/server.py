@@ -96,7 +96,9 @@ class Aggregator:
             if name in batch.rows:
                 mask = batch.row_mask[name]                                      # (C, R)
                 # buffer[i] += r_u Delta_u[i] for every real row i of every client u
-                buf.index_add_(0, batch.rows[name][mask], (rw * value)[mask].to(buf.dtype))
+                # (index_put_ with accumulate: deterministic on CUDA too, unlike index_add_)
+                buf.index_put_((batch.rows[name][mask],), (rw * value)[mask].to(buf.dtype),
+                               accumulate=True)
             else:
                 buf += (rw * value).sum(0).to(buf.dtype)
 
