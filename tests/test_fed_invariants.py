@@ -256,3 +256,27 @@ def test_fedrap_stays_bounded_with_a_large_lambda():
     assert all(np.isfinite(h["train_loss"]) for h in result.history[1:])
     gap = (result.state.private["D"]).abs().max()
     assert torch.isfinite(gap) and gap < 10
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+def test_default_config_quick_mode_and_overrides(monkeypatch):
+    from fedmm_lite.errors import OptionError
+    from fedmm_lite.fed import BACKBONE_DEFAULTS, default_config
+
+    monkeypatch.setenv("FEDMM_QUICK", "1")
+    quick = default_config("pfedrec")
+    assert (quick.rounds, quick.local_epochs) == (5, 1)
+    monkeypatch.setenv("FEDMM_QUICK", "0")
+    full = default_config("pfedrec", sample_ratio=0.5, lr=None)
+    assert full.rounds == 100 and full.sample_ratio == 0.5
+    assert full.step_sizes() == tuple(BACKBONE_DEFAULTS["pfedrec"][k] for k in ("lr", "item_lr", "server_lr"))
+    assert default_config("fcf", lr=0.01).step_sizes()[0] == 0.01
+    for bad in [dict(sample_ratio=0.0), dict(rounds=-1), dict(noise="gaussian"), dict(engine="fast"),
+                dict(local_epochs=0)]:
+        with pytest.raises(OptionError):
+            default_config("fedavg", **bad)
+    with pytest.raises(OptionError, match="backbone"):
+        default_config("svd")
+    with pytest.raises(OptionError, match="unknown"):
+        default_config("fedavg", learning_rate=0.1)

@@ -30,7 +30,7 @@ METHODS = ("id",)
 
 # Per-backbone step sizes (lr, item_lr, server_lr), chosen by best validation HR@50 on world-full,
 # seed 0, with the defaults of FedConfig (H = 5 local epochs, batch 64, 4 negatives per positive).
-# The search and its numbers are in bench/tune_lr.py's docstring (command there).
+# Search command: python -m fedmm_lite.fed.tune (fed/tune.py); the numbers are listed below.
 BACKBONE_DEFAULTS = {
     "fedavg": dict(lr=0.5, item_lr=4.0, server_lr=1.0),
     "fcf": dict(lr=0.5, item_lr=4.0, server_lr=1.0),

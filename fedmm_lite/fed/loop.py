@@ -1,10 +1,12 @@
 """The round loop: sample clients, train them (batched engine or per-client loop), aggregate, evaluate.
 
 ``run_federated(dataset, config) -> RunResult``. Round 0 evaluates the untrained model; then for
-t = 1..T: sample ceil(beta * U) participants, draw each chunk's plan (plan.py) from the run's
-generator, train (engine.py or oracle.py), let the server aggregate, and every ``eval_every``
-rounds evaluate valid and test with full ranking. The reported round is the one with the best
-VALIDATION HR@50 (earliest on ties); test is read at that round, never used to select.
+t = 1..T: sample ceil(beta * U) participants, order them by training-set size (a chunk then holds
+clients of similar size and little padding; the order changes no client's result), draw each
+chunk's plan (plan.py) from the run's generator, train (engine.py or oracle.py), let the server
+aggregate, and every ``eval_every`` rounds evaluate valid and test with full ranking. The reported
+round is the one with the best VALIDATION HR@50 (earliest on ties); test is read at that round,
+never used to select.
 """
 from __future__ import annotations
 
