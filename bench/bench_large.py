@@ -12,7 +12,7 @@ of valid and test over all users) and peak memory:
 machine unchanged:
 
     .venv/bin/python bench/bench_large.py                        # CPU here, CUDA where present
-    .venv/bin/python bench/bench_large.py --device cpu --rounds 1 --threads 2
+    .venv/bin/python bench/bench_large.py --device cpu --rounds 1 --private-dtype bfloat16
 
 Prints a markdown table on stdout, then the JSON of every measurement (progress on stderr).
 """
@@ -45,6 +45,8 @@ def bench_backbone(dataset, backbone: str, args, device: torch.device) -> dict:
         overrides["local_epochs"] = args.local_epochs
     if args.chunk_size:
         overrides["chunk_size"] = args.chunk_size
+    if args.private_dtype:
+        overrides["private_dtype"] = args.private_dtype
     config = default_config(backbone, **overrides)
     start = time.perf_counter()
     with PeakMemory(device) as memory, training_clock() as clock:
@@ -53,6 +55,7 @@ def bench_backbone(dataset, backbone: str, args, device: torch.device) -> dict:
     train = clock["seconds"]
     per_round = train / max(config.rounds, 1)
     return {"backbone": backbone, "device": str(device), "rounds": config.rounds,
+            "private_dtype": config.private_dtype,
             "local_epochs": config.local_epochs, "batch_size": config.batch_size,
             "chunk_size": config.chunk_size, "client_updates": int(result.client_updates),
             "train_seconds": train, "seconds_per_round": per_round,
@@ -83,6 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--local-epochs", type=int, default=None, help="default: the backbone's tuned H")
     p.add_argument("--chunk-size", type=int, default=None, help="default: the engine's")
+    p.add_argument("--private-dtype", default=None,
+                   help="storage of per-client tables E_u / D_u: float32 (default) | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
