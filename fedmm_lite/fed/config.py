@@ -5,11 +5,13 @@ mini-batch, and every update is plain SGD. Two step sizes:
 
 - ``lr`` moves the parameters every sample of a batch touches: user vectors, score functions
   (w_u, b_u), the FedNCF tower;
-- ``item_lr`` moves item-table rows (global tables Q, E, C and the private tables E_u, D_u). A row
-  is touched by a handful of samples of a batch, so its gradient is ~1/batch_size of a user
-  vector's, and the server's averaging dilutes it again by the fraction of clients that trained on
-  it. The reference codes fold both effects into ``lr * n``; we keep the two step sizes apart and
-  tune both on validation instead.
+- ``item_lr`` moves the rows of GLOBAL item tables (Q, E, C; FedNCF's two tables). A row is
+  touched by a handful of samples of a batch, so its gradient is ~1/batch_size of a user vector's,
+  and the server's averaging dilutes it again by the fraction of clients that trained on it. The
+  reference codes fold both effects into ``lr * n`` (n items); we keep the two step sizes apart and
+  tune both on validation. The tuned ``item_lr`` is indeed of the order of n (world-full: 866).
+  Private tables (FedRAP's D_u) are never averaged, so they take ``lr``: given ``item_lr`` they
+  grew to |D| ~ 100s and memorised the training items (validation HR@50 stayed at chance).
 
 ``server_lr`` is the server step applied to the averaged update (1 = plain averaging; FCF tunes it).
 Defaults were tuned on the validation split of ``world-full`` (seed 0), never on test: see
@@ -52,8 +54,8 @@ class FedConfig:
     sample_ratio: float = 1.0     # beta, fraction of clients sampled per round
     batch_size: int = 64          # samples (positives + negatives) per local mini-batch
     neg_ratio: int = 4            # negatives per positive, redrawn every round
-    lr: float | None = None       # step for user-side parameters (w_u, b_u, p_u, tower)
-    item_lr: float | None = None  # step for item-table rows (global and private tables)
+    lr: float | None = None       # step for client-side parameters (p_u, w_u, b_u, D_u, the tower)
+    item_lr: float | None = None  # step for the rows of global item tables
     server_lr: float | None = None  # server step on the averaged update (1 = plain averaging)
     dim: int = 64                 # d, latent size
     chunk_size: int = 256         # clients trained at once by the batched engine (memory bound)

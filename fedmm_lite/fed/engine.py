@@ -47,8 +47,9 @@ def _local_copies(state, plan, spec):
 
 def _step_sizes(spec, config):
     lr, item_lr, _ = config.step_sizes()
-    table_names = set(spec.tables) | set(spec.private_tables)
-    return lambda name: item_lr if name in table_names else lr
+    # global item tables take item_lr (their updates are diluted by the server's averaging);
+    # everything else, private tables such as FedRAP's D_u included, takes lr
+    return lambda name: item_lr if name in spec.tables else lr
 
 
 def _batch_view(local, row_names, act, slots, phase):

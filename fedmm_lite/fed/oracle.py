@@ -49,7 +49,7 @@ def _train_client(state, plan, c: int, config, t: int):
     spec = backbones.SPECS[state.backbone]
     u = int(plan.clients[c])
     lr, item_lr, _ = config.step_sizes()
-    tables = set(spec.tables) | set(spec.private_tables)
+    tables = set(spec.tables)            # item_lr for global item tables, lr for everything else
     m = {name: v.detach().clone() for name, v in state.global_.items()}         # full copies
     for name in spec.private_vectors:
         m[name] = state.private[name][u].detach().clone()
