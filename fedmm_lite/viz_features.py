@@ -4,9 +4,11 @@ they cost. The Encoding chapter's tables and figures, each one call.
 - ``probe_table``: a cross-validated linear probe per planted attribute and feature set (accuracy
   against the majority-class rate);
 - ``retrieval_table``: text-to-image retrieval, each item's title against every item's picture
-  (top-k hit rate against chance k/m);
-- ``modality_gap`` and ``modality_gap_figure``: the distance between the centroids of the
-  L2-normalised image and text features (Liang et al. 2022) and a UMAP of both in one plot;
+  (top-k hit rate against chance k/m, against the ceiling when the two share one attribute only,
+  and the share of retrieved pictures with the title's value of that attribute);
+- ``modality_gap``, ``gap_table`` and ``modality_gap_figure``: the distance between the centroids
+  of the L2-normalised image and text features (Liang et al. 2022) with its calibration and the
+  mean cosines, and a UMAP of both modalities in one plot;
 - ``imputation_table``: which rows were imputed and a check that they hold what the encoder says;
 - ``encoding_costs``: encoding time, items per second, feature storage against the raw pictures.
 
@@ -135,14 +137,50 @@ def retrieval_at_k(queries: np.ndarray, gallery: np.ndarray, ks=(1, 10)) -> dict
     return out
 
 
+def shared_label_ceiling(labels: np.ndarray, ks=(1, 10)) -> dict:
+    """The best top-k hit rate of any encoder when a picture and its title share only ``labels``.
+
+    A perfect matcher ranks the s_i pictures with item i's label first but cannot order them, so
+    P(own picture in the top k) = min(1, k / s_i), averaged over items.
+    """
+    _, inverse, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    s = counts[inverse]  # (m,) s_i = items sharing item i's label, itself included
+    return {f"ceiling top-{k}": float(np.mean(np.minimum(1.0, k / s))) for k in ks}
+
+
+def same_label_at_k(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray, k: int = 10) -> dict:
+    """Share of each title's k nearest pictures (cosine) that carry the title's label, averaged,
+    and its chance level: k pictures drawn at random carry label v with rate s_v / m."""
+    q, g = l2_normalise(queries), l2_normalise(gallery)
+    labels = np.asarray(labels)
+    sim = q @ g.T  # (m, m)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]  # (m, k) nearest pictures per title
+    hits = labels[top] == labels[:, None]  # (m, k)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return {f"same label in top-{k}": float(hits.mean()),
+            f"chance same label in top-{k}": float(np.mean(counts[inverse] / len(labels)))}
+
+
 def retrieval_table(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], mask: np.ndarray | None = None,
-                    ks=(1, 10)) -> pd.DataFrame:
-    """Title-to-picture retrieval for each ``label -> (image (n, D), text (n, D))`` (rows)."""
+                    ks=(1, 10), shared: np.ndarray | None = None) -> pd.DataFrame:
+    """Title-to-picture retrieval for each ``label -> (image (n, D), text (n, D))`` (rows).
+
+    ``shared`` (n,) optional: the one attribute that pictures and titles both show; adds the
+    ceiling of ``shared_label_ceiling`` and the attribute-level score of ``same_label_at_k``.
+    """
     rows = {}
     for label, (image, text) in pairs.items():
         keep = np.ones(len(image), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        rows[label] = retrieval_at_k(np.asarray(text)[keep], np.asarray(image)[keep], ks)
-    return pd.DataFrame.from_dict(rows, orient="index")
+        row = retrieval_at_k(np.asarray(text)[keep], np.asarray(image)[keep], ks)
+        if shared is not None:
+            labels = np.asarray(shared)[keep]
+            row.update(shared_label_ceiling(labels, ks))
+            row.update(same_label_at_k(np.asarray(text)[keep], np.asarray(image)[keep], labels, max(ks)))
+        rows[label] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    order = ["items"] + [c for k in ks for c in (f"top-{k}", f"chance top-{k}", f"ceiling top-{k}")
+                         if c in table] + [c for c in table if "label" in c] + ["median rank"]
+    return table[order]
 
 
 # ------------------------------------------------------------------------------ modality gap
@@ -155,6 +193,27 @@ def modality_gap(image: np.ndarray, text: np.ndarray) -> float:
                          "differ; a gap is only defined when both towers share one space")
     # gap = || (1/n) sum_i x_i - (1/m) sum_i y_i ||
     return float(np.linalg.norm(x.mean(axis=0) - y.mean(axis=0)))
+
+
+def gap_table(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], mask: np.ndarray | None = None,
+              seed: int = 0) -> pd.DataFrame:
+    """Per ``label -> (image (n, D), text (n, D))``: the modality gap, the same measure between two
+    random halves of the pictures (what 'no gap' looks like at this sample size), and the mean
+    cosine within pictures, within titles and between them (the narrow 'cones' of Liang et al.)."""
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for label, (image, text) in pairs.items():
+        keep = np.ones(len(image), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        x, y = l2_normalise(np.asarray(image)[keep]), l2_normalise(np.asarray(text)[keep])  # (m, D)
+        half = rng.permutation(len(x)) < len(x) // 2  # (m,) a random half of the items
+        rows[label] = {
+            "gap: pictures vs titles": modality_gap(x, y),
+            "gap: half vs half of the pictures": modality_gap(x[half], x[~half]),
+            "mean cosine within pictures": float((x @ x.T).mean()),
+            "mean cosine within titles": float((y @ y.T).mean()),
+            "mean cosine picture-title": float((x @ y.T).mean()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def umap_embedding(image: np.ndarray, text: np.ndarray, seed: int = 0, n_neighbors: int = 15,
@@ -235,17 +294,19 @@ def image_bytes_on_disk(dataset: Dataset) -> int:
     return int(sum(Path(p).stat().st_size for p in dataset.image_paths if p is not None))
 
 
-def encoding_costs(dataset: Dataset, summary) -> pd.Series:
-    """What encoding cost and what the features weigh, next to the raw pictures.
+def encoding_costs(dataset: Dataset, summary, features: Mapping[str, np.ndarray] | None = None) -> pd.Series:
+    """What encoding cost and what the features weigh, next to the raw pictures (named by encoder).
 
-    ``summary`` is the ``EncodeSummary`` of ``encode_dataset``. On a cache hit the encoding time is
-    the one recorded in the cache's meta.json when the features were made (said in the row name).
+    ``summary`` is the ``EncodeSummary`` of ``encode_dataset``; ``features`` default to
+    ``dataset.features``. On a cache hit the encoding time is the one recorded in the cache's
+    meta.json when the features were made (said in the row name).
     """
+    features = dataset.features if features is None else features
     seconds, device, when = summary.seconds, summary.device, "this run"
     if summary.cache_hit and summary.cache_path:
         meta = json.loads((Path(summary.cache_path) / "meta.json").read_text())
         seconds, device, when = meta["seconds_to_encode"], meta["device"], "when cached"
-    feature_bytes = sum(f.nbytes for f in dataset.features.values())  # float32: n * (D_i + D_t) * 4
+    feature_bytes = sum(np.asarray(f).nbytes for f in features.values())  # float32: n * (D_i + D_t) * 4
     raw = image_bytes_on_disk(dataset)
     return pd.Series({
         "encoder": summary.encoder,
@@ -258,4 +319,4 @@ def encoding_costs(dataset: Dataset, summary) -> pd.Series:
         "features, MB": float(f"{feature_bytes / MB:.4g}"),
         "raw pictures on disk, MB": float(f"{raw / MB:.4g}"),
         "raw pictures / features": float(f"{raw / feature_bytes:.3g}") if feature_bytes else float("nan"),
-    }, name=dataset.name)
+    }, name=summary.encoder)

@@ -186,3 +186,56 @@ def test_encoding_costs_this_run_and_from_cache(tmp_path):
     assert costs["encoding seconds (when cached)"] == 6.0
     assert costs["items per second"] == 0.5
     assert costs["device"] == "cuda"
+
+
+def test_shared_label_ceiling_by_hand():
+    # labels a,a,b,b,b,c: s = 2,2,3,3,3,1. top-1: mean(1/2,1/2,1/3,1/3,1/3,1) = 3/6
+    labels = np.array(["a", "a", "b", "b", "b", "c"])
+    out = vf.shared_label_ceiling(labels, ks=(1, 2))
+    assert out["ceiling top-1"] == pytest.approx(0.5)
+    assert out["ceiling top-2"] == pytest.approx((1 + 1 + 2 / 3 * 3 + 1) / 6)
+
+
+def test_same_label_at_k_by_hand():
+    # Pictures along two directions; titles point at the pictures of their own label (0: e1, 1: e2),
+    # except title 3, which points at label 0's pictures.
+    gallery = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    queries = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    labels = np.array([0, 0, 1, 1])
+    out = vf.same_label_at_k(queries, gallery, labels, k=2)
+    assert out["same label in top-2"] == pytest.approx(3 / 4)  # rows 0, 1, 2 perfect, row 3 none
+    assert out["chance same label in top-2"] == pytest.approx(0.5)
+
+
+def test_retrieval_table_with_shared_attribute_and_mask():
+    x = np.random.default_rng(4).normal(size=(8, 3))
+    style = np.array([0, 0, 0, 0, 1, 1, 1, 9])
+    mask = np.array([True] * 7 + [False])
+    table = vf.retrieval_table({"same": (x, x)}, mask=mask, ks=(1, 2), shared=style)
+    assert table.loc["same", "items"] == 7
+    assert table.loc["same", "ceiling top-1"] == pytest.approx((4 * 0.25 + 3 / 3) / 7)
+    assert table.loc["same", "top-1"] == 1.0
+    assert list(table.columns)[:4] == ["items", "top-1", "chance top-1", "ceiling top-1"]
+
+
+def test_encoding_costs_counts_the_features_it_is_given(tmp_path):
+    data = fake_dataset(tmp_path, [10], ["a"], features={"image": np.zeros((1, 4), np.float32),
+                                                          "text": np.zeros((1, 4), np.float32)})
+    summary = SimpleNamespace(encoder="other", seconds=1.0, device="cpu", cache_hit=False, cache_path=None,
+                              image_dim=2, text_dim=2)
+    own = {"image": np.zeros((1, 2), np.float32), "text": np.zeros((1, 2), np.float32)}
+    costs = vf.encoding_costs(data, summary, features=own)
+    assert costs.name == "other"
+    assert costs["features, bytes per item"] == 16
+
+
+def test_gap_table_by_hand():
+    image = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    text = np.array([[0.0, 1.0], [0.0, 2.0], [0.0, 1.0], [0.0, 3.0]])
+    table = vf.gap_table({"apart": (image, text)})
+    row = table.loc["apart"]
+    assert row["gap: pictures vs titles"] == pytest.approx(np.sqrt(2.0))
+    assert row["gap: half vs half of the pictures"] == pytest.approx(0.0)
+    assert row["mean cosine within pictures"] == pytest.approx(1.0)
+    assert row["mean cosine within titles"] == pytest.approx(1.0)
+    assert row["mean cosine picture-title"] == pytest.approx(0.0)
