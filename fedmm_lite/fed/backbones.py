@@ -168,7 +168,10 @@ def regulariser(backbone: str, view: dict, valid: torch.Tensor, t: int, config) 
 
     Deliberate difference from the paper: the differentiation term is clipped at tau
     (``fedrap_bound``), so the loss is bounded below by -lambda * tau; unclipped, -lambda (D_u - C)^2
-    has no minimum and the official code's loss diverges (algorithms.md section 2).
+    has no minimum and the official code's loss diverges (algorithms.md section 2). Measured on
+    world-quick (lambda = 10, item_lr = 1000, 100 rounds): clipped at tau = 1 the loss stays above
+    -lambda * tau = -10, max |D_u| = 8.4 and the best validation HR@50 is 0.567; unclipped the loss
+    reaches -1e13, |D_u| 2.8e6, |C| 2.6e7, and HR@50 falls from 0.55 (round 10) to 0.44.
     """
     if backbone != "fedrap":
         return None
