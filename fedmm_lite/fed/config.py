@@ -36,7 +36,7 @@ METHODS = ("id",)
 # Validation HR@50 at the best round (round), most-popular reference 0.429:
 #   fedavg  item_lr 10: 0.278 (20) | 100: 0.402 (20) | 1000: 0.512 (20) | 3000: 0.509 (11); lr 0.1
 #           with item_lr 1000: 0.451 (20)
-#   fcf     item_lr 1000, server_lr 1: 0.523 (19)
+#   fcf     item_lr 1000, server_lr 1: 0.523 (19) | server_lr 3: 0.510 (15)
 #   fedncf  lr 0.1, item_lr 1000: 0.413 (7)
 #   pfedrec item_lr 10: 0.125 (20) | 1000: 0.515 (20)
 #   fedrap  item_lr 1000: 0.513 (20) (lambda 0.1, mu 0.01, tau 1: not tuned)

@@ -26,7 +26,7 @@ from .server import Aggregator, UploadBatch, apply_update
 
 
 def _local_copies(state, plan, spec):
-    """Leaf tensors of the chunk's local models and the start values of the shared ones."""
+    """The chunk's local models, (C, ...) or (C, R, d) for item tables, and the start of the shared ones."""
     C = plan.n_clients
     dt = state.dtype
     clients = plan.clients                                                      # (C,)

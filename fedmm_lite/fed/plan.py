@@ -28,7 +28,7 @@ import torch
 class ChunkPlan:
     """The samples and batches of a chunk of C clients for one round (all tensors on CPU)."""
 
-    clients: torch.Tensor    # (C,) user indices, sorted
+    clients: torch.Tensor    # (C,) user indices (distinct)
     sizes: torch.Tensor      # (C,) training-set sizes n_u (what FedAvg / FedNCF weigh by)
     items: torch.Tensor      # (C, L) item of each sample, padded with 0
     labels: torch.Tensor     # (C, L) 1 for positives, 0 for negatives and padding
