@@ -33,13 +33,15 @@ IMPUTATION = "mean of the available image features"
 
 
 def default_offline_encoder() -> str:
-    """The tag to use when pretrained CLIP cannot be downloaded.
+    """The tag to use when pretrained CLIP cannot be downloaded: ``pixels+minilm``.
 
-    ``clip-random+minilm``: pictures from the seeded random ViT-B-32 (it separates colours and shapes
-    of rendered pictures), titles from the pretrained MiniLM sentence encoder (real language
-    knowledge, offline). ``clip-random`` when the MiniLM package is not installed.
+    Titles from the pretrained MiniLM sentence encoder (real language knowledge, offline); pictures
+    as 16x16 colour thumbnails. Measured on world-quick (5-fold linear probe, standardised features):
+    thumbnails recover shape 79% (chance 23%) where a random ViT-B-32 (``clip-random``) gets 34%,
+    with colour (87% vs 90%) and style (99% vs 98%) alike, and cost no model at all. Without the
+    MiniLM package: ``clip-random``.
     """
-    return "clip-random+minilm" if minilm_available() else "clip-random"
+    return "pixels+minilm" if minilm_available() else "clip-random"
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
     clip                     ViT-B-32, OpenAI weights (downloaded from the hub), both modalities
     clip-random              ViT-B-32, seeded random weights, both modalities (labelled: not pretrained)
-    minilm                   = clip-random+minilm (MiniLM encodes titles only; pictures need a CLIP)
-    IMAGE+TEXT               pictures from IMAGE (a clip spec), titles from TEXT (a clip spec or minilm)
+    minilm                   = clip-random+minilm (MiniLM encodes titles only; pictures need another)
+    pixels+minilm            pictures as 16x16 colour thumbnails (no model), titles from MiniLM
+    IMAGE+TEXT               pictures from IMAGE (a clip spec or pixels), titles from TEXT (a clip
+                             spec or minilm)
     clip:MODEL[:PRETRAINED]  another open_clip model and weights (a tag or a checkpoint file path)
     clip-random:MODEL        another architecture, random weights
 """
@@ -14,11 +16,12 @@ import importlib.util
 import torch
 
 from ..errors import OptionError
-from .base import PairEncoder
+from .base import PairEncoder, PixelEncoder
 from .clip import DEFAULT_PRETRAINED, ClipConfig, ClipEncoder
 from .text import MiniLMEncoder
 
-ENCODER_HELP = ("clip | clip-random | minilm (= clip-random+minilm) | IMAGE+TEXT (e.g. clip-random+minilm) "
+ENCODER_HELP = ("clip | clip-random | minilm (= clip-random+minilm) | pixels+minilm | IMAGE+TEXT "
+                "(e.g. clip-random+minilm) "
                 "| clip:MODEL[:PRETRAINED or checkpoint path] | clip-random:MODEL")
 
 
@@ -49,13 +52,17 @@ def build_encoder(tag: str, device: str | torch.device = "cpu", batch_size: int 
         tag = "clip-random+minilm"
     image_spec, plus, text_spec = tag.partition("+")
     if not plus:
-        if image_spec.startswith("minilm"):
-            raise _unknown(tag)
+        if image_spec.startswith(("minilm", "pixels")):
+            raise _unknown(tag, "this encoder covers one modality only: pair it, e.g. pixels+minilm")
         return ClipEncoder(_clip_config(image_spec, tag, batch_size), device)
-    if "+" in text_spec or image_spec.startswith("minilm"):
-        raise _unknown(tag, "pictures need a clip encoder, and only one '+' is allowed")
-    image_config = _clip_config(image_spec, tag, batch_size)
-    image_encoder = ClipEncoder(image_config, device)
+    if "+" in text_spec or image_spec.startswith("minilm") or text_spec.startswith("pixels"):
+        raise _unknown(tag, "pictures need a clip encoder or pixels, titles a clip encoder or minilm, "
+                            "and only one '+' is allowed")
+    if image_spec == "pixels":
+        image_config, image_encoder = None, PixelEncoder()
+    else:
+        image_config = _clip_config(image_spec, tag, batch_size)
+        image_encoder = ClipEncoder(image_config, device)
     if text_spec == "minilm":
         text_encoder = MiniLMEncoder(device, batch_size)
     else:
