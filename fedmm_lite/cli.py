@@ -93,28 +93,15 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _not_built(what: str):
-    def handler(args) -> int:
-        raise FedmmError(f"'{what}' is not built yet in this version of fedmm_lite")
-    return handler
-
-
 def _handler(command: str):
+    """The function that carries out ``command`` (imported lazily: ``info`` needs no engine)."""
     if command == "info":
         return cmd_info
     if command in ("run", "bench"):
-        try:
-            from .fed import commands
-        except ImportError:
-            return _not_built(command)
+        from .fed import commands
         return commands.cmd_run if command == "run" else commands.cmd_bench
-    if command == "encode":
-        try:
-            from . import encoders
-        except ImportError:
-            return _not_built(command)
-        return encoders.cmd_encode
-    raise AssertionError(command)
+    from .encoders import cmd_encode
+    return cmd_encode
 
 
 def main(argv: list[str] | None = None) -> int:

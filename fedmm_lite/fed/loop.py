@@ -23,6 +23,7 @@ from ..data import NegativeSampler
 from ..metrics import evaluate
 from . import backbones, engine, oracle
 from .config import FedConfig, validate
+from .pitfalls import FixedLowestNegatives
 from .plan import chunks, make_plan, sample_participants
 from .privacy import parse_noise
 
@@ -130,7 +131,8 @@ def _run(dataset, config: FedConfig, device: torch.device, progress: bool) -> Ru
     noise = parse_noise(config.noise)
     state = backbones.init_state(config.backbone, dataset.n_users, dataset.n_items, config,
                                  generator, device)
-    sampler = NegativeSampler(dataset, "cpu")
+    # fresh uniform negatives every round; "fixed" reproduces defect 4 for the book's demonstration
+    sampler = (FixedLowestNegatives if config.negatives == "fixed" else NegativeSampler)(dataset, "cpu")
     trainer = engine if config.engine == "batched" else oracle
 
     def score_fn(users):
