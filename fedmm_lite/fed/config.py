@@ -37,7 +37,7 @@ METHODS = ("id",)
 #   fedavg  item_lr 10: 0.278 (20) | 100: 0.402 (20) | 1000: 0.512 (20) | 3000: 0.509 (11); lr 0.1
 #           with item_lr 1000: 0.451 (20)
 #   fcf     item_lr 1000, server_lr 1: 0.523 (19) | server_lr 3: 0.510 (15)
-#   fedncf  lr 0.1, item_lr 1000: 0.413 (7)
+#   fedncf  lr 0.1, item_lr 300: 0.410 (7) | 1000: 0.413 (7) (below most-popular: lr not searched)
 #   pfedrec item_lr 10: 0.125 (20) | 1000: 0.515 (20) | 3000: 0.512 (16)
 #   fedrap  item_lr 1000: 0.513 (20) (lambda 0.1, mu 0.01, tau 1: not tuned)
 # Only 20 of the default 100 rounds were searched (2 shared CPU cores). Where two steps were close
