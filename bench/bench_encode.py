@@ -1,6 +1,6 @@
-"""Items per second of each item encoder, on CPU and (when present) CUDA; one JSON object on stdout.
+"""Items per second of each item encoder, on CPU and (when present) CUDA: a table, then JSON.
 
-    python bench/bench_encode.py                      # 64 items, clip-random, clip-random+minilm
+    python bench/bench_encode.py          # 64 items: pixels+minilm, clip-random, clip-random+minilm
     python bench/bench_encode.py --items 256 --threads 2 --encoders clip-random
 
 Each encoder is loaded once (load time reported apart), warmed up on a few items, then timed on
@@ -74,9 +74,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--encoders", default="clip-random,clip-random+minilm")
+    p.add_argument("--encoders", default="pixels+minilm,clip-random,clip-random+minilm")
     p.add_argument("--devices", default="auto", help="auto = cpu, plus cuda when present")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", dest="json_path", default=None, help="also write the JSON object here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,10 +87,18 @@ def main(argv=None) -> int:
         dataset = synthetic_items(Path(tmp), args.items)
         results = [bench_one(tag, device, dataset, args.batch_size)
                    for device in devices for tag in args.encoders.split(",")]
-    print(json.dumps({"benchmark": "encode", "torch_threads": torch.get_num_threads(),
-                      "cpu": platform.processor() or platform.machine(),
-                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                      "batch_size": args.batch_size, "results": results}, indent=2))
+    report = {"benchmark": "encode", "torch_threads": torch.get_num_threads(),
+              "cpu": platform.processor() or platform.machine(),
+              "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+              "batch_size": args.batch_size, "results": results}
+    print("| encoder | device | items | seconds | items/s | load + warm-up s |\n|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['encoder']} | {r['device']} | {r['items']} | {r['seconds']:.2f} | "
+              f"{r['items_per_second']:.2f} | {r['load_and_warmup_seconds']:.1f} |")
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json_path:
+        Path(args.json_path).write_text(text + "\n")
     return 0
 
 

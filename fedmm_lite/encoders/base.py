@@ -84,6 +84,12 @@ class PairEncoder:
     def describe(self) -> dict:
         return {"image": self.image_encoder.describe(), "text": self.text_encoder.describe()}
 
+    def load(self) -> "PairEncoder":
+        for encoder in (self.image_encoder, self.text_encoder):
+            if hasattr(encoder, "load"):
+                encoder.load()
+        return self
+
     def encode_images(self, images: Sequence[ImageLike]) -> np.ndarray:
         return self.image_encoder.encode_images(images)
 

@@ -15,6 +15,7 @@ Both encoders return L2-normalised rows (the usual way CLIP features are compare
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -124,6 +125,8 @@ class ClipEncoder:
 
     def _load_pretrained(self, open_clip):
         c = self.config
+        previous = logging.root.manager.disable
+        logging.disable(logging.ERROR)  # open_clip logs the failure too; we raise one clear line
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(c.model_name, pretrained=c.pretrained)
         except RuntimeError as err:
@@ -137,8 +140,10 @@ class ClipEncoder:
             raise FedmmError(
                 f"--encoder clip: pretrained weights '{c.pretrained}' for {c.model_name} could not be "
                 f"downloaded (no connection to the model hub?). Offline, use --encoder clip-random "
-                f"(same architecture, random weights, labelled) or clip-random+minilm, or a local "
+                f"(same architecture, random weights, labelled) or pixels+minilm, or a local "
                 f"checkpoint: --encoder clip:{c.model_name}:/path/to/checkpoint.pt") from None
+        finally:
+            logging.disable(previous)
         return model, preprocess
 
     # ---------------------------------------------------------------------------- encoding
