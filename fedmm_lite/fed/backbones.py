@@ -69,11 +69,18 @@ class FedState:
     private: dict            # name -> (U, ...) tensor (client side)
     joined: torch.Tensor     # (U,) bool: has the client trained at least once
     dtype: torch.dtype = torch.float32
+    fusion: object = None    # fusion.FusionSetup for method "fedmr" (None: the plain ID backbone)
 
     def to(self, device) -> "FedState":
         return FedState(self.backbone, {k: v.to(device) for k, v in self.global_.items()},
                         {k: v.to(device) for k, v in self.private.items()},
-                        self.joined.to(device), self.dtype)
+                        self.joined.to(device), self.dtype,
+                        None if self.fusion is None else self.fusion.to(device))
+
+
+def spec_of(state: FedState) -> BackboneSpec:
+    """The spec a run trains with: the backbone's, extended by FedMR's fusion tensors if any."""
+    return SPECS[state.backbone] if state.fusion is None else state.fusion.spec
 
 
 def _normal(shape, std, generator, dtype):
@@ -88,8 +95,11 @@ def _linear_init(out_dim, in_dim, generator, dtype):
 
 
 def init_state(backbone: str, n_users: int, n_items: int, config, generator: torch.Generator,
-               device) -> FedState:
-    """Initial tensors, drawn on CPU from ``generator`` in a fixed order, then moved to ``device``."""
+               device, dataset=None) -> FedState:
+    """Initial tensors, drawn on CPU from ``generator`` in a fixed order, then moved to ``device``.
+
+    ``config.method == "fedmr"`` adds FedMR's fusion tensors (fusion.py), drawn after the
+    backbone's, from ``dataset.features`` and the users' training items (``dataset`` needed)."""
     d, s = config.dim, config.init_std
     dt = DTYPES[config.dtype]
     pdt = DTYPES[config.private_dtype]
@@ -119,7 +129,21 @@ def init_state(backbone: str, n_users: int, n_items: int, config, generator: tor
         p["b"] = torch.zeros(n_users, dtype=dt)                        # (U,)
     else:
         raise ValueError(f"init_state: no trainable state for backbone {backbone!r}")
-    state = FedState(backbone, g, p, torch.zeros(n_users, dtype=torch.bool), dt).to(device)
+    setup = None
+    if getattr(config, "method", "id") == "fedmr":
+        from . import fusion
+        if dataset is None or not getattr(dataset, "features", None):
+            raise ValueError("init_state: method fedmr needs a dataset with encoded features "
+                             "(encoders.encode_dataset)")
+        indptr = torch.as_tensor(dataset.train_indptr, dtype=torch.long)
+        history = torch.zeros(n_users, n_items, dtype=torch.bool)                # (U, n)
+        rows = torch.repeat_interleave(torch.arange(n_users), indptr[1:] - indptr[:-1])
+        history[rows, torch.as_tensor(dataset.train_indices, dtype=torch.long)] = True
+        fg, fp, setup = fusion.init_fusion(config, dataset.features, history, SPECS[backbone],
+                                           n_users, generator, dt)
+        g.update(fg)
+        p.update(fp)
+    state = FedState(backbone, g, p, torch.zeros(n_users, dtype=torch.bool), dt, setup).to(device)
     # per-client item tables are allocated directly on the device, in the storage dtype
     if backbone == "pfedrec":
         state.private["E_u"] = torch.zeros(n_users, n_items, d, dtype=pdt, device=device)  # (U, n, d)
@@ -134,18 +158,36 @@ def ncf_depth(params: dict) -> int:
     return sum(1 for k in params if k.startswith("W") and k[1:].isdigit())
 
 
-def batched_logits(backbone: str, view: dict) -> torch.Tensor:
+def id_rows(backbone: str, view: dict) -> dict:
+    """The backbone's ID vector of each row, per branch (FedMR's ID input e_i): (C, L, d) each.
+
+    FedAvg / FCF: Q[i]; PFedRec: E[i]; FedRAP: D_u[i] + C[i]; FedNCF: both branches, GMF's
+    Q_gmf[i] and the MLP's Q_mlp[i] (FedMR fuses each, with shared modules and router)."""
+    if backbone in ("fedavg", "fcf"):
+        return {"item": view["Q"]}
+    if backbone == "pfedrec":
+        return {"item": view["E"]}
+    if backbone == "fedrap":
+        return {"item": view["D"] + view["C"]}
+    if backbone == "fedncf":
+        return {"gmf": view["Q_gmf"], "mlp": view["Q_mlp"]}
+    raise ValueError(f"id_rows: unknown backbone {backbone!r}")
+
+
+def batched_logits(backbone: str, view: dict, items: dict | None = None) -> torch.Tensor:
     """Logits (C, B) of a mini-batch on a chunk of clients.
 
     ``view`` holds, for every item table, the rows of the batch's items (C, B, d) and, for every
     other tensor, the clients' copies (C, ...): the leading axis is always the client.
+    ``items`` (FedMR) replaces the item embedding of each branch (``id_rows``) by z_i (C, B, d).
     """
+    items = items if items is not None else id_rows(backbone, view)
     if backbone in ("fedavg", "fcf"):
-        # s_ui = p_u . q_i + b_u
-        return torch.einsum("cbd,cd->cb", view["Q"], view["p"]) + view["b"].unsqueeze(1)
+        # s_ui = p_u . q_i + b_u   (FedMR: q_i -> z_i)
+        return torch.einsum("cbd,cd->cb", items["item"], view["p"]) + view["b"].unsqueeze(1)
     if backbone == "fedncf":
-        q_m = view["Q_mlp"]                                                     # (C, B, d)
-        gmf = view["p_gmf"].unsqueeze(1) * view["Q_gmf"]                        # (C, B, d)
+        q_m = items["mlp"]                                                      # (C, B, d)
+        gmf = view["p_gmf"].unsqueeze(1) * items["gmf"]                         # (C, B, d)
         x = torch.cat([view["p_mlp"].unsqueeze(1).expand_as(q_m), q_m], -1)     # (C, B, 2d)
         for k in range(ncf_depth(view)):
             # x <- relu(W_k x + c_k), one tower copy per client
@@ -154,11 +196,11 @@ def batched_logits(backbone: str, view: dict) -> torch.Tensor:
         z = torch.cat([gmf, x], -1)                                             # (C, B, d + last)
         return torch.einsum("cbk,ck->cb", z, view["h"]) + view["h0"]
     if backbone == "pfedrec":
-        # s_ui = w_u . E[i] + b_u
-        return torch.einsum("cbd,cd->cb", view["E"], view["w"]) + view["b"].unsqueeze(1)
+        # s_ui = w_u . E[i] + b_u   (FedMR: E[i] -> z_i)
+        return torch.einsum("cbd,cd->cb", items["item"], view["w"]) + view["b"].unsqueeze(1)
     if backbone == "fedrap":
-        # s_ui = w_u . (D_u[i] + C[i]) + b_u
-        return (torch.einsum("cbd,cd->cb", view["D"] + view["C"], view["w"])
+        # s_ui = w_u . (D_u[i] + C[i]) + b_u   (FedMR: D_u[i] + C[i] -> z_i)
+        return (torch.einsum("cbd,cd->cb", items["item"], view["w"])
                 + view["b"].unsqueeze(1))
     raise ValueError(f"batched_logits: unknown backbone {backbone!r}")
 
@@ -198,6 +240,8 @@ def full_scores(state: FedState, users: torch.Tensor) -> torch.Tensor:
     """Logits (c, n) of every item for ``users`` (c,), from the stored global and private state."""
     g, p, dt = state.global_, state.private, state.dtype
     name = state.backbone
+    if state.fusion is not None:
+        return _fused_full_scores(state, users)
     if name in ("fedavg", "fcf"):
         # s_ui = p_u . q_i + b_u
         return p["p"][users] @ g["Q"].T + p["b"][users].unsqueeze(1)           # (c, n)
@@ -220,6 +264,60 @@ def full_scores(state: FedState, users: torch.Tensor) -> torch.Tensor:
     if name == "fedrap":
         item = p["D"][users].to(dt) + g["C"].unsqueeze(0)                       # (c, n, d)
         return torch.einsum("cnd,cd->cn", item, p["w"][users]) + p["b"][users].unsqueeze(1)
+    raise ValueError(f"full_scores: unknown backbone {name!r}")
+
+
+def _eval_id_tables(state: FedState, users: torch.Tensor) -> dict:
+    """The ID table of each branch as the users score with it: (n, d) or per user (c, n, d)."""
+    g, p, dt = state.global_, state.private, state.dtype
+    name = state.backbone
+    if name in ("fedavg", "fcf"):
+        return {"item": g["Q"]}
+    if name == "fedncf":
+        return {"gmf": g["Q_gmf"], "mlp": g["Q_mlp"]}
+    if name == "pfedrec":
+        tuned = p["E_u"][users].to(dt)                                          # (c, n, d)
+        return {"item": torch.where(state.joined[users].view(-1, 1, 1), tuned, g["E"].unsqueeze(0))}
+    if name == "fedrap":
+        return {"item": p["D"][users].to(dt) + g["C"].unsqueeze(0)}             # (c, n, d)
+    raise ValueError(f"full_scores: unknown backbone {name!r}")
+
+
+@torch.no_grad()
+def router_weights(state: FedState, users: torch.Tensor) -> torch.Tensor | None:
+    """FedMR: each user's private router weights pi_u (c, K) as evaluation uses them (None
+    without a router: a single strategy)."""
+    from . import fusion
+    setup = state.fusion
+    if setup is None or not setup.routed:
+        return None
+    params = {**state.global_, **{k: state.private[k][users] for k in fusion.ROUTER}}
+    _, pi = fusion.fuse_all_items(setup, params, _eval_id_tables(state, users), setup.history[users])
+    return pi
+
+
+def _fused_full_scores(state: FedState, users: torch.Tensor) -> torch.Tensor:
+    """FedMR scores (c, n): the backbone's score with z_ui (fusion.fuse_all_items) as the item."""
+    from . import fusion
+    g, p, setup = state.global_, state.private, state.fusion
+    params = {**g, **{k: p[k][users] for k in fusion.ROUTER if k in p}}
+    z, _ = fusion.fuse_all_items(setup, params, _eval_id_tables(state, users), setup.history[users])
+    name = state.backbone
+    if name in ("fedavg", "fcf"):
+        # s_ui = p_u . z_ui + b_u
+        return torch.einsum("cnd,cd->cn", z["item"], p["p"][users]) + p["b"][users].unsqueeze(1)
+    if name in ("pfedrec", "fedrap"):
+        # s_ui = w_u . z_ui + b_u
+        return torch.einsum("cnd,cd->cn", z["item"], p["w"][users]) + p["b"][users].unsqueeze(1)
+    if name == "fedncf":
+        d = z["gmf"].shape[-1]
+        gmf = p["p_gmf"][users].unsqueeze(1) * z["gmf"]                         # (c, n, d)
+        w0 = g["W0"]
+        x = (p["p_mlp"][users] @ w0[:, :d].T).unsqueeze(1) + z["mlp"] @ w0[:, d:].T
+        x = torch.relu(x + g["c0"])                                             # (c, n, h0)
+        for k in range(1, ncf_depth(g)):
+            x = torch.relu(x @ g[f"W{k}"].T + g[f"c{k}"])
+        return torch.cat([gmf, x], -1) @ g["h"] + g["h0"]                       # (c, n)
     raise ValueError(f"full_scores: unknown backbone {name!r}")
 
 

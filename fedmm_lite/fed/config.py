@@ -28,7 +28,9 @@ from .privacy import parse_noise
 
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap", "popularity")
 ENGINES = ("batched", "loop")
-METHODS = ("id",)
+METHODS = ("id", "fedmr")
+FUSION_STRATEGIES = ("mix", "sum", "mlp", "gate")
+FUSION_MODALITIES = ("id", "text", "image")
 
 # Per-backbone step sizes (lr, item_lr, server_lr), chosen by the best validation HR@50 on world-full
 # (1200 users, 866 items; seed 0) after 20 rounds with the other FedConfig defaults (H = 5, batch 64,
@@ -59,7 +61,7 @@ class FedConfig:
     """One federated run. ``None`` step sizes mean the backbone's tuned default (``BACKBONE_DEFAULTS``)."""
 
     backbone: str = "fedavg"      # fedavg | fcf | fedncf | pfedrec | fedrap | popularity
-    method: str = "id"            # "id" here; fedmr / gfmfr live in their own rooms
+    method: str = "id"            # id | fedmr (fusion.py); gfmfr not built
     rounds: int = 100             # communication rounds T (0 = evaluate the untrained model)
     local_epochs: int = 5         # H, passes over the client's samples per round (GFMFR: 5)
     sample_ratio: float = 1.0     # beta, fraction of clients sampled per round
@@ -84,6 +86,15 @@ class FedConfig:
     private_dtype: str = "float32"  # storage of the per-client tables E_u / D_u (float32 | bfloat16 | float16)
     dtype: str = "float32"        # compute dtype of parameters (tests use float64)
     eval_chunk_size: int = 256    # users scored at once during evaluation
+    # FedMR (method "fedmr", fed/fusion.py; algorithms.md section 3)
+    strategy: str = "mix"         # mix (router over sum, mlp, gate) | sum | mlp | gate (one, no router)
+    modalities: tuple = ("id", "text", "image")  # inputs fused; dropping one removes its mapping and term
+    router_hidden: int = 16       # width of the private router MLP (K d -> hidden -> K)
+    fusion_lr: float | None = None  # step for the global mapping and strategy modules (None = lr)
+
+    def fusion_step(self) -> float:
+        """Step of FedMR's global fusion modules: ``fusion_lr``, or the client step ``lr``."""
+        return self.step_sizes()[0] if self.fusion_lr is None else self.fusion_lr
 
     def step_sizes(self) -> tuple[float, float, float]:
         """(lr, item_lr, server_lr) with the backbone's defaults filled in."""
@@ -125,6 +136,19 @@ def validate(config: FedConfig) -> FedConfig:
     for name, value in zip(("--lr", "item_lr", "server_lr"), (c.lr, c.item_lr, c.server_lr)):
         if value is not None and not value >= 0:
             raise OptionError(f"{name} {value}: must be >= 0")
+    if c.method == "fedmr":
+        mods = tuple(c.modalities)
+        if c.strategy not in FUSION_STRATEGIES:
+            raise OptionError(f"--strategy {c.strategy!r}: choose one of {', '.join(FUSION_STRATEGIES)}")
+        if not mods or len(set(mods)) != len(mods) or any(m not in FUSION_MODALITIES for m in mods):
+            raise OptionError(f"--modalities {','.join(map(str, mods))!r}: a non-empty subset of "
+                              f"{', '.join(FUSION_MODALITIES)}, each once")
+        if c.router_hidden < 1:
+            raise OptionError(f"router_hidden {c.router_hidden}: must be >= 1")
+        if c.fusion_lr is not None and not c.fusion_lr >= 0:
+            raise OptionError(f"fusion_lr {c.fusion_lr}: must be >= 0")
+        if c.backbone == "popularity":
+            raise OptionError("--method fedmr: needs a trained backbone, not popularity")
     parse_noise(c.noise)
     return config
 

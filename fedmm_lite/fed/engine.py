@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import backbones
+from . import backbones, fusion
 from .privacy import NoiseSpec, client_noise
 from .server import Aggregator, UploadBatch, apply_update
 
@@ -45,11 +45,14 @@ def _local_copies(state, plan, spec):
     return local, start
 
 
-def _step_sizes(spec, config):
+def _step_sizes(spec, config, state=None):
     lr, item_lr, _ = config.step_sizes()
     # global item tables take item_lr (their updates are diluted by the server's averaging);
-    # everything else, private tables such as FedRAP's D_u included, takes lr
-    return lambda name: item_lr if name in spec.tables else lr
+    # FedMR's global fusion modules take fusion_lr; everything else, private tables such as
+    # FedRAP's D_u and FedMR's routers included, takes lr
+    modules = set(state.fusion.modules) if state is not None and state.fusion is not None else set()
+    fusion_lr = config.fusion_step()
+    return lambda name: item_lr if name in spec.tables else (fusion_lr if name in modules else lr)
 
 
 def _batch_view(local, row_names, act, slots, phase):
@@ -75,12 +78,19 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
     a row read by several samples is accumulated (``index_put_(accumulate=True)``), exactly as
     autograd would accumulate it in a full-table copy.
     """
-    spec = backbones.SPECS[state.backbone]
+    spec = backbones.spec_of(state)
     device = state.joined.device
     plan = plan.to(device)
     C = plan.n_clients
     local, start = _local_copies(state, plan, spec)
-    step_of = _step_sizes(spec, config)
+    step_of = _step_sizes(spec, config, state)
+    setup = state.fusion
+    if setup is not None:
+        # FedMR's router reads the user's training items H_u: the first n_u samples of the plan
+        P = int(plan.sizes.max())
+        pos_slots = plan.slots[:, :P]                                           # (C, P)
+        pos_items = plan.items[:, :P]                                           # (C, P)
+        pos_mask = torch.arange(P, device=device).unsqueeze(0) < plan.sizes.unsqueeze(1)  # (C, P)
     row_names = set(spec.tables) | (set(spec.private_tables) - set(spec.tuned_from))
     phases = spec.phases or (tuple(local),)
     labels = plan.labels.to(state.dtype)                                        # (C, L)
@@ -96,9 +106,23 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
         y = torch.gather(labels[act], 1, idx)                                   # (A, B)
         m = valid.to(state.dtype)                                               # (A, B)
         count = m.sum(1)                                                        # (A,) >= 1
+        n_batch = slots.shape[1]
+        if setup is not None:
+            # rows read: the batch's items, then the user's training items (router input)
+            items = torch.cat([torch.gather(plan.items[act], 1, idx), pos_items[act]], 1)  # (A, B+P)
+            feats = {mod: f[items] for mod, f in setup.features.items()}        # (A, B+P, D_m)
+            slots = torch.cat([slots, pos_slots[act]], 1)                       # (A, B+P)
         for k, phase in enumerate(phases):
-            view = _batch_view(local, row_names, act, slots, phase)
-            logits = backbones.batched_logits(state.backbone, view)             # (A, B)
+            leaves = _batch_view(local, row_names, act, slots, phase)
+            if setup is None:
+                view = leaves
+                logits = backbones.batched_logits(state.backbone, view)         # (A, B)
+            else:
+                # FedMR: z_i = sum_k pi_u,k s_k(i) replaces the item embedding (fusion.py)
+                z, _ = fusion.fuse(setup, leaves, backbones.id_rows(state.backbone, leaves), feats,
+                                   n_batch, pos_mask[act])
+                view = {name: (v[:, :n_batch] if name in row_names else v) for name, v in leaves.items()}
+                logits = backbones.batched_logits(state.backbone, view, z)      # (A, B)
             # loss_c = mean over c's valid samples of BCE(sigma(s), y) (+ FedRAP's regulariser)
             bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
             loss = (bce * m).sum(1) / count                                     # (A,)
@@ -106,9 +130,12 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
             if reg is not None:
                 loss = loss + reg
             # one backward on sum_c loss_c: client c's tensors only receive client c's gradient
-            grads = torch.autograd.grad(loss.sum(), [view[name] for name in phase])
+            # (allow_unused: a FedMR ablation without the ID input leaves the ID table unread)
+            grads = torch.autograd.grad(loss.sum(), [leaves[name] for name in phase], allow_unused=True)
             with torch.no_grad():
                 for name, g in zip(phase, grads):
+                    if g is None:
+                        continue
                     # theta_c <- theta_c - lr * grad_c (rows: accumulated over repeated items)
                     if name in row_names:
                         local[name].index_put_((act.unsqueeze(1).expand_as(slots), slots),
@@ -190,7 +217,7 @@ def train_round(state, plans, config, t: int, noise: NoiseSpec | None = None,
 
     Returns the mean over participants of their mean mini-batch loss.
     """
-    spec = backbones.SPECS[state.backbone]
+    spec = backbones.spec_of(state)
     _, _, server_lr = config.step_sizes()
     shapes = {k: tuple(v.shape) for k, v in state.global_.items()}
     aggregator = Aggregator(spec.rule, shapes, state.dtype, state.joined.device)

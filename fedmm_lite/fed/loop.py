@@ -22,6 +22,7 @@ from ..config import resolve_device
 from ..data import NegativeSampler
 from ..metrics import evaluate
 from . import backbones, engine, oracle
+from ..errors import OptionError
 from .config import FedConfig, validate
 from .pitfalls import FixedLowestNegatives
 from .plan import chunks, make_plan, sample_participants
@@ -46,6 +47,9 @@ class RunResult:
     upload_scalars_per_round: int = 0              # scalars uploaded per round, all participants together
     upload_scalars_per_client: int = 0             # scalars one client uploads per round (full shared update)
     state: object = None                           # final FedState (global and private tensors)
+    feature_download_scalars: int = 0              # FedMR: frozen features a client downloads once
+    router_weights: object = None                  # FedMR: (U, K) final private router weights pi_u
+    strategies: tuple = ()                         # FedMR: names of the K strategies (router order)
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +65,7 @@ class RunResult:
             "params_per_client": self.params_per_client,
             "upload_scalars_per_round": self.upload_scalars_per_round,
             "upload_scalars_per_client": self.upload_scalars_per_client,
+            "feature_download_scalars": self.feature_download_scalars,
         }
 
 
@@ -129,8 +134,11 @@ def _run(dataset, config: FedConfig, device: torch.device, progress: bool) -> Ru
     generator = torch.Generator().manual_seed(config.seed)               # plan and initialisation
     noise_generator = torch.Generator().manual_seed(config.seed + 1_000_003)  # upload noise only
     noise = parse_noise(config.noise)
+    if config.method == "fedmr" and not getattr(dataset, "features", None):
+        raise OptionError(f"--method fedmr: dataset {dataset.name} has no item features; "
+                          f"encode it first (encoders.encode_dataset or --encoder)")
     state = backbones.init_state(config.backbone, dataset.n_users, dataset.n_items, config,
-                                 generator, device)
+                                 generator, device, dataset=dataset)
     # fresh uniform negatives every round; "fixed" reproduces defect 4 for the book's demonstration
     sampler = (FixedLowestNegatives if config.negatives == "fixed" else NegativeSampler)(dataset, "cpu")
     trainer = engine if config.engine == "batched" else oracle
@@ -175,4 +183,11 @@ def _run(dataset, config: FedConfig, device: torch.device, progress: bool) -> Ru
     per_round = max(1, min(dataset.n_users, int(np.ceil(config.sample_ratio * dataset.n_users - 1e-9))))
     result.upload_scalars_per_round = uploaded * per_round
     result.state = state
+    if state.fusion is not None:
+        result.feature_download_scalars = state.fusion.feature_scalars
+        result.strategies = tuple(state.fusion.strategies)
+        if state.fusion.routed:
+            users = torch.arange(dataset.n_users, device=device)
+            result.router_weights = torch.cat([backbones.router_weights(state, u).cpu()
+                                               for u in users.split(config.eval_chunk_size)])
     return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import backbones
+from . import backbones, fusion
 from .privacy import NoiseSpec, client_noise
 
 
@@ -34,9 +34,40 @@ def _logit(backbone: str, m: dict, items: torch.Tensor) -> torch.Tensor:
     raise ValueError(backbone)
 
 
-def _loss(backbone: str, m: dict, items, labels, t: int, config) -> torch.Tensor:
+def _fused_logit(state, m: dict, items: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """FedMR on one client's full copies: z_i from fusion.py (no client axis), then the backbone's
+    score written out with z_i in place of the item embedding; ``history`` (P,) = H_u."""
+    setup = state.fusion
+    rows = torch.cat([items, history])                                          # (b + P,)
+    table = {"fedavg": "Q", "fcf": "Q", "pfedrec": "E"}.get(state.backbone)
+    if table is not None:
+        ids = {"item": m[table][rows]}
+    elif state.backbone == "fedrap":
+        ids = {"item": m["D"][rows] + m["C"][rows]}
+    else:
+        ids = {"gmf": m["Q_gmf"][rows], "mlp": m["Q_mlp"][rows]}
+    feats = {mod: f[rows] for mod, f in setup.features.items()}
+    z, _ = fusion.fuse(setup, m, ids, feats, len(items), torch.ones(len(history), dtype=torch.bool))
+    if state.backbone in ("fedavg", "fcf"):
+        return z["item"] @ m["p"] + m["b"]
+    if state.backbone in ("pfedrec", "fedrap"):
+        return z["item"] @ m["w"] + m["b"]
+    gmf = m["p_gmf"] * z["gmf"]                                                 # (b, d)
+    x = torch.cat([m["p_mlp"].expand(len(items), -1), z["mlp"]], 1)             # (b, 2d)
+    k = 0
+    while f"W{k}" in m:
+        x = torch.relu(x @ m[f"W{k}"].T + m[f"c{k}"])
+        k += 1
+    return torch.cat([gmf, x], 1) @ m["h"] + m["h0"]
+
+
+def _loss(backbone: str, m: dict, items, labels, t: int, config, state=None, history=None) -> torch.Tensor:
     """Mean BCE over the batch, plus FedRAP's (bounded) regulariser over the batch rows."""
-    loss = F.binary_cross_entropy_with_logits(_logit(backbone, m, items), labels)
+    if state is not None and state.fusion is not None:
+        logits = _fused_logit(state, m, items, history)
+    else:
+        logits = _logit(backbone, m, items)
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
     if backbone == "fedrap":
         lam, mu = backbones.fedrap_weights(t, config)
         gap = torch.clamp((m["D"][items] - m["C"][items]) ** 2, max=config.fedrap_bound)
@@ -46,10 +77,14 @@ def _loss(backbone: str, m: dict, items, labels, t: int, config) -> torch.Tensor
 
 def _train_client(state, plan, c: int, config, t: int):
     """Train client ``plan.clients[c]`` on full copies; returns (full model, start copy, mean loss)."""
-    spec = backbones.SPECS[state.backbone]
+    spec = backbones.spec_of(state)
     u = int(plan.clients[c])
     lr, item_lr, _ = config.step_sizes()
     tables = set(spec.tables)            # item_lr for global item tables, lr for everything else
+    modules = set(state.fusion.modules) if state.fusion is not None else set()   # fusion_lr
+    history = None
+    if state.fusion is not None:
+        history = torch.nonzero(state.fusion.history[u]).flatten()              # (P,) H_u
     m = {name: v.detach().clone() for name, v in state.global_.items()}         # full copies
     for name in spec.private_vectors:
         m[name] = state.private[name][u].detach().clone()
@@ -70,11 +105,15 @@ def _train_client(state, plan, c: int, config, t: int):
             items = plan.items[c, idx]
             labels = plan.labels[c, idx].to(state.dtype)
             for k, phase in enumerate(phases):
-                loss = _loss(state.backbone, m, items, labels, t, config)
-                grads = torch.autograd.grad(loss, [m[name] for name in phase])
+                loss = _loss(state.backbone, m, items, labels, t, config, state, history)
+                grads = torch.autograd.grad(loss, [m[name] for name in phase], allow_unused=True)
                 with torch.no_grad():
                     for name, g in zip(phase, grads):
-                        m[name] -= (item_lr if name in tables else lr) * g
+                        if g is None:           # FedMR without the ID input: the table is unread
+                            continue
+                        step = item_lr if name in tables else (
+                            config.fusion_step() if name in modules else lr)
+                        m[name] -= step * g
                 if k == 0:
                     losses.append(float(loss.detach()))
     return {k: v.detach() for k, v in m.items()}, start, (sum(losses) / len(losses) if losses else 0.0)
@@ -83,7 +122,7 @@ def _train_client(state, plan, c: int, config, t: int):
 def train_round(state, plans, config, t: int, noise: NoiseSpec | None = None,
                 noise_generator: torch.Generator | None = None) -> float:
     """One round of the per-client loop; updates ``state`` in place, returns the mean client loss."""
-    spec = backbones.SPECS[state.backbone]
+    spec = backbones.spec_of(state)
     _, _, server_lr = config.step_sizes()
     weighted = {name: torch.zeros_like(v) for name, v in state.global_.items()}
     total_weight = 0.0

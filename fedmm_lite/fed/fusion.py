@@ -1,0 +1,231 @@
+"""FedMR's Mixing Feature Fusion Module (algorithms.md section 3): mapping layers, strategies, router.
+
+For an item i a client scores, with frozen item features F_v[i] (D_v,), F_t[i] (D_t,) and the
+backbone's ID vector e_i (d,) (the row of its item table; FedRAP: D_u[i] + C[i]):
+
+    Eq. (1) mapping:   h_v = A_v F_v[i],  h_t = A_t F_t[i],  h_id = A_id e_i        (each (d,))
+    Eq. (2) Sum:       s_sum(i)  = h_id + h_t + h_v
+    Eq. (3) MLP:       s_mlp(i)  = W_2 relu(W_1 [h_id; h_t; h_v] + c_1) + c_2
+    Eq. (4) Gate:      s_gate(i) = sum_m sigma(G_m h_m) * h_m     (the gate multiplies the feature)
+    Eq. (5) router:    x_u  = mean_{j in H_u} [s_1(j); ...; s_K(j)]                 (K d,)
+                       pi_u = softmax(R_2 relu(R_1 x_u + r_1) + r_2)                (K,) ONE softmax
+    Eq. (6) mix:       z_i  = sum_k pi_u,k s_k(i)                                   (d,)
+
+z_i replaces the item embedding in the backbone's score (backbones.py). The mapping layers and the
+strategy parameters are GLOBAL (dense modules, uploaded as start - end and averaged with the
+backbone's rule); the router (R_1, r_1, R_2, r_2) is PRIVATE, one per user, kept across rounds.
+The features are frozen: never trained, never uploaded (downloaded once).
+
+Ablations: ``modalities`` drops an input (its mapping layer and its term disappear everywhere, the
+MLP's input shrinks to |M| d); ``strategy`` sum | mlp | gate uses that one strategy alone, with no
+router at all (equivalently a router over one strategy, whose single weight is 1); ``mix`` uses the
+three strategies and the router.
+
+Every function works with or without a leading client axis: the batched engine passes (C, L, ...)
+rows with stacked (C, ...) module copies, the per-client oracle and evaluation pass plain tensors.
+Deliberate differences from the published code (algorithms.md section 8): the image features are
+used (never zeroed); the gate multiplies the features; the router is per user, softmaxed once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+STRATEGIES = ("sum", "mlp", "gate")
+MODALITIES = ("id", "text", "image")
+ROUTER = ("r_W1", "r_c1", "r_W2", "r_c2")
+
+
+def strategy_names(strategy: str) -> tuple:
+    """The strategies a run uses: all three for ``mix``, else the one named."""
+    return STRATEGIES if strategy == "mix" else (strategy,)
+
+
+@dataclass
+class FusionSetup:
+    """What a FedMR run adds to the backbone's state (held in ``FedState.fusion``).
+
+    ``features`` and ``history`` are frozen inputs, not parameters: the features are downloaded
+    once (``feature_scalars`` counts them), the history mask is the client's own data."""
+
+    spec: object                      # the backbone's BackboneSpec extended with the fusion tensors
+    strategies: tuple                 # names of the strategies used, in order (K of them)
+    modalities: tuple                 # inputs used, a subset of ("id", "text", "image")
+    modules: tuple                    # names of the global fusion tensors (mapping + strategies)
+    features: dict = field(default_factory=dict)   # modality -> (n, D_m) frozen features
+    history: torch.Tensor | None = None            # (U, n) bool: the user's training items H_u
+
+    @property
+    def routed(self) -> bool:
+        return len(self.strategies) > 1
+
+    @property
+    def feature_scalars(self) -> int:
+        return sum(int(f.numel()) for f in self.features.values())
+
+    def to(self, device) -> "FusionSetup":
+        return replace(self, features={k: v.to(device) for k, v in self.features.items()},
+                       history=None if self.history is None else self.history.to(device))
+
+
+def _linear(out_dim, in_dim, generator, dtype, lead=()):
+    """nn.Linear's default U(-1/sqrt(in), 1/sqrt(in)), with optional leading axes (users)."""
+    bound = 1.0 / math.sqrt(in_dim)
+    shape = tuple(lead) + (out_dim, in_dim)
+    return ((torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound).to(dtype)
+
+
+def init_fusion(config, features: dict, history: torch.Tensor, base_spec, n_users: int,
+                generator: torch.Generator, dtype) -> tuple[dict, dict, FusionSetup]:
+    """Initial global fusion tensors, private routers (U, ...) and the ``FusionSetup``.
+
+    Drawn on CPU from ``generator`` after the backbone's own tensors, in a fixed order."""
+    d, mods = config.dim, tuple(config.modalities)
+    names = strategy_names(config.strategy)
+    dims = {"id": d, **{m: int(f.shape[1]) for m, f in features.items()}}
+    g, p = {}, {}
+    for m in mods:
+        g[f"A_{m}"] = _linear(d, dims[m], generator, dtype)                     # (d, D_m)
+    if "mlp" in names:
+        g["M_W1"] = _linear(d, len(mods) * d, generator, dtype)                 # (d, |M| d)
+        g["M_c1"] = torch.zeros(d, dtype=dtype)                                 # (d,)
+        g["M_W2"] = _linear(d, d, generator, dtype)                             # (d, d)
+        g["M_c2"] = torch.zeros(d, dtype=dtype)                                 # (d,)
+    if "gate" in names:
+        for m in mods:
+            g[f"G_{m}"] = _linear(d, d, generator, dtype)                       # (d, d)
+    K, hidden = len(names), config.router_hidden
+    if K > 1:
+        p["r_W1"] = _linear(hidden, K * d, generator, dtype, (n_users,))        # (U, h, K d)
+        p["r_c1"] = torch.zeros(n_users, hidden, dtype=dtype)                   # (U, h)
+        p["r_W2"] = _linear(K, hidden, generator, dtype, (n_users,))            # (U, K, h)
+        p["r_c2"] = torch.zeros(n_users, K, dtype=dtype)                        # (U, K)
+    modules = tuple(g)
+    router = tuple(p)
+    phases = base_spec.phases
+    if phases is not None:
+        # PFedRec: the router joins the score-function step, the shared modules the item step
+        phases = (tuple(phases[0]) + router, tuple(phases[1]) + modules)
+    spec = replace(base_spec, dense=tuple(base_spec.dense) + modules,
+                   private_vectors=tuple(base_spec.private_vectors) + router, phases=phases)
+    used = {m: torch.as_tensor(features[m]).to(dtype) for m in mods if m != "id"}
+    setup = FusionSetup(spec, names, mods, modules, used, history)
+    return g, p, setup
+
+
+def _apply(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """x W^T for rows x (..., L, in) and a weight W (..., out, in) with matching leading axes."""
+    return x @ W.transpose(-1, -2)
+
+
+def map_inputs(params: dict, id_rows: torch.Tensor | None, feats: dict, modalities) -> dict:
+    """FedMR Eq. (1): h_m = A_m x_m for every used modality; rows (..., L, D_m) -> (..., L, d)."""
+    h = {}
+    for m in modalities:
+        x = id_rows if m == "id" else feats[m]
+        # h_m = A_m x_m
+        h[m] = _apply(x, params[f"A_{m}"])
+    # evaluation: per-user ID rows (c, n, d) next to shared feature rows (n, d)
+    return dict(zip(h, torch.broadcast_tensors(*h.values())))
+
+
+def strategy_outputs(params: dict, h: dict, names, modalities) -> torch.Tensor:
+    """FedMR Eqs. (2)-(4), stacked: (..., L, K, d)."""
+    outs = []
+    for name in names:
+        if name == "sum":
+            # Eq. (2): s_sum = h_id + h_t + h_v
+            outs.append(sum(h[m] for m in modalities))
+        elif name == "mlp":
+            x = torch.cat([h[m] for m in modalities], -1)                       # (..., L, |M| d)
+            # Eq. (3): s_mlp = W_2 relu(W_1 [h_id; h_t; h_v] + c_1) + c_2
+            hidden = torch.relu(_apply(x, params["M_W1"]) + params["M_c1"].unsqueeze(-2))
+            outs.append(_apply(hidden, params["M_W2"]) + params["M_c2"].unsqueeze(-2))
+        elif name == "gate":
+            # Eq. (4): s_gate = sum_m sigma(G_m h_m) * h_m
+            outs.append(sum(torch.sigmoid(_apply(h[m], params[f"G_{m}"])) * h[m] for m in modalities))
+        else:
+            raise ValueError(f"fusion: unknown strategy {name!r}")
+    return torch.stack(outs, -2)
+
+
+def history_summary(S: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FedMR Eq. (5), router input: x_u = mean_{j in H_u} [s_1(j); ...; s_K(j)].
+
+    ``S`` (..., P, K, d) strategy outputs of the user's rows, ``mask`` (..., P) True on H_u."""
+    m = mask.to(S.dtype)                                                        # (..., P)
+    count = m.sum(-1, keepdim=True).clamp(min=1)                                # (..., 1)
+    flat = S.flatten(-2)                                                        # (..., P, K d)
+    # x_u = sum_j m_j s(j) / sum_j m_j
+    return (flat * m.unsqueeze(-1)).sum(-2) / count                             # (..., K d)
+
+
+def router_weights(params: dict, x: torch.Tensor) -> torch.Tensor:
+    """FedMR Eq. (5): pi_u = softmax(R_2 relu(R_1 x_u + r_1) + r_2), ONE softmax: (..., K)."""
+    hidden = torch.relu((params["r_W1"] @ x.unsqueeze(-1)).squeeze(-1) + params["r_c1"])   # (..., h)
+    logits = (params["r_W2"] @ hidden.unsqueeze(-1)).squeeze(-1) + params["r_c2"]          # (..., K)
+    return torch.softmax(logits, -1)
+
+
+def mix(S: torch.Tensor, pi: torch.Tensor | None) -> torch.Tensor:
+    """FedMR Eq. (6): z_i = sum_k pi_u,k s_k(i); ``S`` (..., L, K, d), ``pi`` (..., K) -> (..., L, d).
+
+    A single strategy (no router) returns it unchanged: its weight is 1."""
+    if pi is None:
+        return S[..., 0, :]
+    # z_i = sum_k pi_k s_k(i)
+    return (S * pi.unsqueeze(-2).unsqueeze(-1)).sum(-2)
+
+
+def fuse(setup: FusionSetup, params: dict, id_rows: dict, feats: dict, n_batch: int,
+         pos_mask: torch.Tensor):
+    """Personalised item representations of a mini-batch, per ID branch.
+
+    ``id_rows`` branch -> (..., n_batch + P, d): the batch's ID vectors, then those of the
+    user's training items H_u (``pos_mask`` (..., P) marks the real ones); ``feats`` the matching
+    feature rows. Returns (branch -> z (..., n_batch, d), pi (..., K) or None). With two ID
+    branches (FedNCF: GMF and MLP tables) the modules and the router are shared and the router's
+    input is the mean over both branches of Eq. (5)'s summary.
+    """
+    S = {b: strategy_outputs(params, map_inputs(params, rows, feats, setup.modalities),
+                             setup.strategies, setup.modalities) for b, rows in id_rows.items()}
+    pi = None
+    if setup.routed:
+        x = sum(history_summary(s[..., n_batch:, :, :], pos_mask) for s in S.values()) / len(S)
+        pi = router_weights(params, x)
+    return {b: mix(s[..., :n_batch, :, :], pi) for b, s in S.items()}, pi
+
+
+def fuse_all_items(setup: FusionSetup, params: dict, id_tables: dict, history: torch.Tensor):
+    """Evaluation: z for every item and every user of a chunk (c users, n items).
+
+    ``id_tables`` branch -> (n, d) (a global table) or (c, n, d) (per-user tables: PFedRec's E_u,
+    FedRAP's D_u + C); ``history`` (c, n) bool, the users' training items. Returns
+    (branch -> (c, n, d), pi (c, K) or None)."""
+    c = history.shape[0]
+    S = {b: strategy_outputs(params, map_inputs(params, t, setup.features, setup.modalities),
+                             setup.strategies, setup.modalities) for b, t in id_tables.items()}
+    pi = None
+    if setup.routed:
+        x = 0
+        for s in S.values():
+            s = s if s.dim() == 4 else s.unsqueeze(0)                           # (c or 1, n, K, d)
+            m = history.to(s.dtype)                                             # (c, n)
+            # x_u = mean_{j in H_u} s(j): a masked mean over the n items
+            x = x + torch.einsum("un,unk->uk", m, s.flatten(-2).expand(c, -1, -1)) / (
+                m.sum(1, keepdim=True).clamp(min=1))
+        x = x / len(S)
+        pi = router_weights(params, x)                                          # (c, K)
+    out = {}
+    for b, s in S.items():
+        if pi is None:
+            z = s[..., 0, :]
+            out[b] = z if z.dim() == 3 else z.unsqueeze(0).expand(c, -1, -1)
+        elif s.dim() == 3:
+            # z_ui = sum_k pi_u,k s_k(i)
+            out[b] = torch.einsum("nkd,uk->und", s, pi)
+        else:
+            out[b] = torch.einsum("unkd,uk->und", s, pi)
+    return out, pi
