@@ -31,7 +31,7 @@ from ..errors import OptionError
 MODALITIES = ("id", "text", "image")
 # Defaults of the multimodal-only options as cli.py declares them; any other value needs fedmr/gfmfr.
 _MULTIMODAL_DEFAULTS = {"strategy": "mix", "modalities": "id,text,image", "groups": None, "encoder": None}
-_NOT_BUILT = ("fedmr", "gfmfr")
+_NOT_BUILT = ("gfmfr",)
 KS = (10, 20, 50)
 
 
@@ -41,7 +41,7 @@ KS = (10, 20, 50)
 def _check_method(args) -> None:
     if args.method in _NOT_BUILT:
         raise OptionError(f"--method {args.method}: this method is not built yet in this version of "
-                          f"fedmm_lite (available: id)")
+                          f"fedmm_lite (available: id, fedmr)")
 
 
 def _check_multimodal_options(args) -> None:
@@ -107,6 +107,10 @@ def build_config(args, **extra):
     overrides.update(seed=args.seed, device=args.device, method=getattr(args, "method", "id"))
     if getattr(args, "noise", None) is not None:
         overrides["noise"] = args.noise
+    if overrides["method"] == "fedmr":
+        overrides["strategy"] = getattr(args, "strategy", None) or "mix"
+        modalities = getattr(args, "modalities", None) or "id,text,image"
+        overrides["modalities"] = tuple(m.strip() for m in modalities.split(","))
     overrides.update(extra)
     return default_config(args.backbone, **overrides)
 
@@ -172,9 +176,62 @@ def check_run_options(args) -> Path | None:
     return _check_json_path(args)
 
 
+def planted_router_weights(result, dataset) -> dict | None:
+    """FedMR on data with planted ground truth (world): for each planted group, the mean final
+    router weight pi_u per strategy over the group's users (design.md ``planted``). A single
+    strategy has no router: its weight is 1 for everyone. None without ground truth or FedMR."""
+    truth = getattr(dataset, "ground_truth", None)
+    if not truth or not result.strategies:
+        return None
+    groups = np.asarray(truth["user_group"])                                   # (U,)
+    names = list(truth["group_names"])
+    modality = list(truth.get("group_modality", [""] * len(names)))
+    if result.router_weights is None:
+        pi = np.ones((len(groups), 1))
+    else:
+        pi = np.asarray(result.router_weights, dtype=np.float64)                # (U, K)
+    out = {}
+    for g, name in enumerate(names):
+        members = groups == g
+        if not members.any():
+            continue
+        mean = pi[members].mean(0)
+        out[name] = {"modality": modality[g], "users": int(members.sum()),
+                     **{k: float(w) for k, w in zip(result.strategies, mean)}}
+    return out
+
+
+def fedmr_json(result, dataset) -> dict:
+    """FedMR's extra keys: strategies, mean router weights and ``planted`` (world only)."""
+    if not result.strategies:
+        return {}
+    extra = {"strategies": list(result.strategies),
+             "feature_download_scalars": result.feature_download_scalars,
+             "encoder": getattr(dataset, "feature_encoder", None)}
+    if result.router_weights is not None:
+        extra["router_weights_mean"] = {k: float(w) for k, w in
+                                        zip(result.strategies, np.asarray(result.router_weights).mean(0))}
+    planted = planted_router_weights(result, dataset)
+    if planted is not None:
+        extra["planted"] = planted
+    return extra
+
+
+def encode_for(args, config, dataset) -> None:
+    """FedMR needs frozen item features: ``--encoder`` (default: the best offline encoder),
+    read from / written to the dataset's feature cache."""
+    if config.method != "fedmr":
+        return
+    from ..encoders import encode_dataset
+
+    encode_dataset(dataset, encoder=getattr(args, "encoder", None), device=config.device,
+                   progress=True)
+
+
 def result_json(result, dataset, memory) -> dict:
     """The FIXED JSON of a run: ``RunResult.to_json()`` completed with what the caller measures."""
     out = dict(result.to_json())
+    out.update(fedmr_json(result, dataset))
     out.setdefault("config", _config_dict(result.config))
     lr, item_lr, server_lr = result.config.step_sizes()     # the tuned defaults filled in
     out["step_sizes"] = {"lr": lr, "item_lr": item_lr, "server_lr": server_lr}
@@ -240,6 +297,7 @@ def cmd_run(args) -> int:
     from ..resources import PeakMemory
 
     dataset = load_dataset(args.data, seed=args.seed)
+    encode_for(args, config, dataset)
     with PeakMemory(resolve_device(config.device)) as memory, training_clock() as clock:
         result = _run(dataset, config)
     out = result_json(result, dataset, memory)
@@ -297,6 +355,7 @@ def cmd_bench(args) -> int:
 
     base = build_config(args, eval_every=args.rounds)
     dataset = load_dataset(args.data, seed=args.seed)
+    encode_for(args, base, dataset)
     batched = time_engine(dataset, dataclasses.replace(base, engine="batched"))
     loop = time_engine(dataset, dataclasses.replace(base, engine="loop"))
     agreement = compare_metrics(batched["metrics"], loop["metrics"], dataset.n_users)

@@ -77,6 +77,15 @@ def _linear(out_dim, in_dim, generator, dtype, lead=()):
     return ((torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound).to(dtype)
 
 
+def standardise(F: torch.Tensor) -> torch.Tensor:
+    """A fixed transform of a frozen feature matrix (n, D): centred, then scaled so that the mean
+    row norm is 1. Encoders differ in scale (MiniLM rows have norm 1, thumbnails ~19); without it
+    one modality dominates the sum at initialisation. Not learned, computed once on the server."""
+    centred = F - F.mean(0, keepdim=True)                                       # (n, D)
+    # F' = (F - mean) / mean_i ||F_i - mean||
+    return centred / centred.norm(dim=1).mean().clamp(min=1e-12)
+
+
 def init_fusion(config, features: dict, history: torch.Tensor, base_spec, n_users: int,
                 generator: torch.Generator, dtype) -> tuple[dict, dict, FusionSetup]:
     """Initial global fusion tensors, private routers (U, ...) and the ``FusionSetup``.
@@ -88,6 +97,10 @@ def init_fusion(config, features: dict, history: torch.Tensor, base_spec, n_user
     g, p = {}, {}
     for m in mods:
         g[f"A_{m}"] = _linear(d, dims[m], generator, dtype)                     # (d, D_m)
+    if "id" in mods:
+        # A_id starts at the identity: h_id = e_i, so FedMR starts from the backbone's own item
+        # embedding plus the feature terms (a random A_id diluted the item table's tuned step)
+        g["A_id"] = torch.eye(d, dtype=dtype)
     if "mlp" in names:
         g["M_W1"] = _linear(d, len(mods) * d, generator, dtype)                 # (d, |M| d)
         g["M_c1"] = torch.zeros(d, dtype=dtype)                                 # (d,)
@@ -110,7 +123,7 @@ def init_fusion(config, features: dict, history: torch.Tensor, base_spec, n_user
         phases = (tuple(phases[0]) + router, tuple(phases[1]) + modules)
     spec = replace(base_spec, dense=tuple(base_spec.dense) + modules,
                    private_vectors=tuple(base_spec.private_vectors) + router, phases=phases)
-    used = {m: torch.as_tensor(features[m]).to(dtype) for m in mods if m != "id"}
+    used = {m: standardise(torch.as_tensor(features[m]).to(dtype)) for m in mods if m != "id"}
     setup = FusionSetup(spec, names, mods, modules, used, history)
     return g, p, setup
 
