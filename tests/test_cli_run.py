@@ -110,8 +110,8 @@ def test_rounds_zero_is_calibrated(env):
 
 
 def test_not_built_method_is_refused(env):
-    line = one_error_line(cli(env, "run", "--data", "world-quick", "--method", "fedmr"))
-    assert "fedmr" in line and "not built" in line
+    line = one_error_line(cli(env, "run", "--data", "world-quick", "--method", "gfmfr"))
+    assert "gfmfr" in line and "not built" in line
 
 
 # Each bad value -> exit 2 with one line naming the option. Checked in-process through cli.main
