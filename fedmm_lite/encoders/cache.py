@@ -4,8 +4,8 @@ Keyed, never trusted blindly. meta.json records a key made of
 - the dataset's fingerprint: item ids in order, titles, and for each picture its path relative to
   the dataset folder and a hash of its bytes (content hashes, not sizes and mtimes: a copied, cloned
   or unzipped folder keeps its cache, and an edited picture of the same size and timestamp still
-  invalidates it; hashing costs a fraction of a second per thousand pictures, far less than
-  encoding them), and
+  invalidates it; hashing cost about 1.4 ms per picture here, 5 s for the 3,872 MovieLens
+  posters, against about 100 ms to encode one picture with ViT-B-32 on CPU), and
 - the encoder's identity (``describe()``: model, weights or seed, image size, library version),
 so a changed dataset or encoder re-encodes instead of returning stale features.
 
