@@ -1,0 +1,223 @@
+"""Tables and figures of FedMR runs for the book's chapter 5 (fusing modalities per user).
+
+Everything here reads ``RunResult`` objects (fed/loop.py) and their final ``state``; nothing trains
+a model, except the explorer widget's callback, and only when its button is clicked.
+
+- ``vanilla_vs_fedmr_table`` / ``vanilla_vs_fedmr_figure``: each backbone alone and with FedMR, test
+  HR@50 / NDCG@50 at the validation-selected round;
+- ``ablation_table``: runs against a reference run (modality and strategy ablations, noise);
+- ``router_group_table`` / ``router_group_figure``: the private router weights pi_u averaged over the
+  world's planted user groups (``commands.planted_router_weights``);
+- ``mapped_representations`` / ``representation_gaps`` / ``representation_umap_figure``: the item
+  inputs after FedMR's mapping layers (Eq. (1): h_m = A_m x_m, all in R^d), for the global ID view
+  or one user's personalised view (FedRAP: D_u + C), their pairwise modality gaps and a UMAP;
+- ``explorer``: an ipywidgets panel (backbone, strategy, modalities -> a quick run and its plots).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from . import viz_runs
+from .fed import fusion
+from .fed.commands import planted_router_weights
+from .viz_features import l2_normalise, modality_gap
+
+# The backbone's global item table, FedMR's ID input e_i before personalisation.
+GLOBAL_ID_TABLE = {"fedavg": "Q", "fcf": "Q", "fedncf": "Q_gmf", "pfedrec": "E", "fedrap": "C"}
+
+
+# ------------------------------------------------------------------------------------ run tables
+def vanilla_vs_fedmr_table(vanilla: Mapping[str, object], fedmr: Mapping[str, object],
+                           k: int = 50) -> pd.DataFrame:
+    """One row per backbone: test HR@k / NDCG@k of the backbone alone and with FedMR, each at its
+    own validation-selected round, and the change FedMR makes."""
+    rows = {}
+    for name, plain in vanilla.items():
+        mm = fedmr[name]
+        rows[name] = {"round (valid) alone": plain.best_round,
+                      f"HR@{k} alone": plain.test[f"hr@{k}"],
+                      f"NDCG@{k} alone": plain.test[f"ndcg@{k}"],
+                      "round (valid) FedMR": mm.best_round,
+                      f"HR@{k} FedMR": mm.test[f"hr@{k}"],
+                      f"NDCG@{k} FedMR": mm.test[f"ndcg@{k}"],
+                      f"change HR@{k}": mm.test[f"hr@{k}"] - plain.test[f"hr@{k}"]}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def vanilla_vs_fedmr_figure(table: pd.DataFrame, k: int = 50,
+                            reference: Mapping[str, float] | None = None) -> plt.Figure:
+    """Grouped bars of ``vanilla_vs_fedmr_table``: HR@k and NDCG@k, alone vs with FedMR."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    x = np.arange(len(table))
+    for ax, metric in zip(axes, (f"HR@{k}", f"NDCG@{k}")):
+        ax.bar(x - 0.2, table[f"{metric} alone"], 0.4, label="backbone alone")
+        ax.bar(x + 0.2, table[f"{metric} FedMR"], 0.4, label="with FedMR")
+        if metric.startswith("HR"):
+            for j, (name, value) in enumerate((reference or {}).items()):
+                ax.axhline(value, color="grey", ls=["--", ":"][j % 2], lw=1, label=name)
+        ax.set_xticks(x, table.index)
+        ax.set_ylabel(f"test {metric} (valid-selected round)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_table(results: Mapping[str, object], reference: str, k: int = 50) -> pd.DataFrame:
+    """``viz_runs.comparison_table`` of the runs with the change of test HR@k against ``reference``."""
+    table = viz_runs.comparison_table(results, ks=(k,))
+    table[f"change test HR@{k}"] = table[f"test HR@{k}"] - table.loc[reference, f"test HR@{k}"]
+    return table
+
+
+# ---------------------------------------------------------------------------------------- router
+def router_group_table(result, dataset) -> pd.DataFrame:
+    """Mean final router weight pi_u per strategy over each planted user group (rows), with the
+    group's planted modality and size. Raises ValueError without a router or ground truth."""
+    planted = planted_router_weights(result, dataset)
+    if planted is None or result.router_weights is None:
+        raise ValueError("router_group_table: needs a FedMR Mix run (a router) on a dataset with "
+                         "planted groups (world)")
+    return pd.DataFrame.from_dict(planted, orient="index")
+
+
+def router_group_figure(result, dataset) -> plt.Figure:
+    """Per strategy, the distribution of pi_u,k in each planted group (box plots side by side)."""
+    truth = dataset.ground_truth
+    groups = np.asarray(truth["user_group"])                                    # (U,)
+    names = list(truth["group_names"])
+    modality = list(truth.get("group_modality", [""] * len(names)))
+    pi = np.asarray(result.router_weights, dtype=np.float64)                    # (U, K)
+    fig, axes = plt.subplots(1, pi.shape[1], figsize=(3.6 * pi.shape[1], 3.4), squeeze=False)
+    present = [g for g in range(len(names)) if (groups == g).any()]
+    for k, ax in enumerate(axes[0]):
+        ax.boxplot([pi[groups == g, k] for g in present], showfliers=False)
+        ax.set_xticks(range(1, len(present) + 1),
+                      [f"{names[g]}\n({modality[g]})" for g in present], fontsize=8)
+        ax.set_title(f"router weight of {result.strategies[k]}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("pi_u (final)")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------ mapped representations
+@torch.no_grad()
+def mapped_representations(state, user: int | None = None) -> dict[str, np.ndarray]:
+    """FedMR Eq. (1) applied to every item: {modality: h_m (n, d)} from a final FedMR state.
+
+    ``user=None``: the ID input is the backbone's global table (Q, E, C; FedNCF: the GMF table).
+    ``user=u``: the ID input user u scores with: FedRAP D_u + C, PFedRec the tuned E_u (a client
+    that never trained: E); other backbones have no personal ID view (ValueError)."""
+    setup = state.fusion
+    if setup is None:
+        raise ValueError("mapped_representations: not a FedMR state (method 'fedmr')")
+    g, p, dt = state.global_, state.private, state.dtype
+    if user is None:
+        ids = g[GLOBAL_ID_TABLE[state.backbone]]                                # (n, d)
+    elif state.backbone == "fedrap":
+        ids = p["D"][user].to(dt) + g["C"]                                      # (n, d)
+    elif state.backbone == "pfedrec":
+        ids = p["E_u"][user].to(dt) if bool(state.joined[user]) else g["E"]     # (n, d)
+    else:
+        raise ValueError(f"mapped_representations: {state.backbone} has no per-user ID view")
+    h = fusion.map_inputs(g, ids, setup.features, setup.modalities)
+    return {m: v.detach().cpu().numpy().astype(np.float64) for m, v in h.items()}
+
+
+def representation_gaps(panel: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Pairwise gaps (distance between the centroids of the L2-normalised rows,
+    ``viz_features.modality_gap``) between the point sets of one panel: a symmetric table."""
+    labels = list(panel)
+    out = pd.DataFrame(0.0, index=labels, columns=labels)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            out.loc[a, b] = out.loc[b, a] = modality_gap(panel[a], panel[b])
+    return out
+
+
+def umap_points(arrays: list, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> np.ndarray:
+    """2-D UMAP of the L2-normalised rows of all arrays together (seeded, single-threaded)."""
+    import warnings
+
+    import umap  # umap-learn; imported here because it takes seconds to import
+
+    points = l2_normalise(np.vstack(arrays)).astype(np.float32)                # (sum n, d)
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*random_state.*", category=UserWarning)
+        return reducer.fit_transform(points)
+
+
+def representation_umap_figure(panels: Mapping[str, Mapping[str, np.ndarray]], seed: int = 0,
+                               embed: Callable | None = None) -> plt.Figure:
+    """One panel per ``title -> {label: (n, d)}``: all point sets of the panel in one 2-D map
+    (``embed(list_of_arrays, seed) -> (sum n, 2)``, default ``umap_points``), one colour each."""
+    embed = embed or (lambda arrays, s: umap_points(arrays, seed=s))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.8), squeeze=False)
+    markers = ["o", "^", "s", "D", "v", "P"]
+    for ax, (title, panel) in zip(axes[0], panels.items()):
+        arrays = list(panel.values())
+        xy = np.asarray(embed(arrays, seed))                                    # (sum n, 2)
+        start = 0
+        for j, (label, a) in enumerate(panel.items()):
+            part = xy[start:start + len(a)]
+            start += len(a)
+            ax.scatter(part[:, 0], part[:, 1], s=9, marker=markers[j % len(markers)],
+                       c=f"C{j}", label=label, alpha=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, frameon=False, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------- explorer
+def explorer(train: Callable, backbones=("fedavg", "fcf", "fedncf", "pfedrec", "fedrap"),
+             strategies=("mix", "sum", "mlp", "gate"), modalities=("id", "text", "image")):
+    """An ipywidgets panel: pick a backbone, a strategy and the modalities, click "run" to call
+    ``train(backbone, strategy, modalities) -> RunResult`` and plot its validation curve (and the
+    mean router weights for Mix). Nothing trains until the button is clicked. Returns the panel."""
+    import ipywidgets as widgets
+
+    pick_backbone = widgets.Dropdown(options=list(backbones), value=backbones[0], description="backbone")
+    pick_strategy = widgets.Dropdown(options=list(strategies), value=strategies[0], description="strategy")
+    pick_modalities = widgets.SelectMultiple(options=list(modalities), value=tuple(modalities),
+                                             description="modalities", rows=len(modalities))
+    button = widgets.Button(description="run (quick)", button_style="primary")
+    out = widgets.Output()
+
+    def on_click(_):
+        mods = tuple(m for m in modalities if m in pick_modalities.value)
+        with out:
+            out.clear_output()
+            if not mods:
+                print("choose at least one modality")
+                return
+            result = train(pick_backbone.value, pick_strategy.value, mods)
+            label = f"{pick_backbone.value} + FedMR {pick_strategy.value} ({', '.join(mods)})"
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+            viz_runs.learning_curves({label: result}, ax=axes[0])
+            if result.router_weights is not None:
+                pi = np.asarray(result.router_weights).mean(0)
+                axes[1].bar(list(result.strategies), pi)
+                axes[1].set_ylabel("mean router weight")
+            else:
+                axes[1].text(0.5, 0.5, "one strategy: no router", ha="center", va="center")
+                axes[1].set_axis_off()
+            fig.suptitle(f"test HR@50 {result.test['hr@50']:.3f} at round {result.best_round}",
+                         fontsize=10)
+            fig.tight_layout()
+            plt.show()
+
+    button.on_click(on_click)
+    panel = widgets.VBox([widgets.HBox([pick_backbone, pick_strategy]), pick_modalities, button, out])
+    panel.controls = {"backbone": pick_backbone, "strategy": pick_strategy,
+                      "modalities": pick_modalities, "button": button, "output": out}
+    return panel
