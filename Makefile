@@ -5,7 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Tests never touch ~/.cache: generated worlds and converted data go under _build/.
-TEST_ENV := FEDMM_QUICK=1 TQDM_DISABLE=1 MPLBACKEND=Agg FEDMM_DATA_DIR=$(CURDIR)/_build/test-data
+# (No MPLBACKEND for notebooks: it overrides the inline backend and the book would have no figures.)
+TEST_ENV := FEDMM_QUICK=1 TQDM_DISABLE=1 FEDMM_DATA_DIR=$(CURDIR)/_build/test-data
 # Two workers on two cores: one thread each.
 XDIST := -n 2
 THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -23,14 +24,14 @@ venv: $(STAMP)
 
 ## The rendered book, every chapter executed on the embedded default data (full mode).
 book: venv
-	TQDM_DISABLE=1 MPLBACKEND=Agg $(BIN)/jupyter-book build . --keep-going
+	TQDM_DISABLE=1 $(BIN)/jupyter-book build . --keep-going
 	@echo "open _build/html/index.html"
 
 ## The whole suite in quick mode: unit tests, every chapter through nbmake, the strict book build.
 test: unit notebooks book-strict
 
 unit: venv
-	$(TEST_ENV) $(THREADS) $(BIN)/python -m pytest tests $(XDIST) -q
+	$(TEST_ENV) MPLBACKEND=Agg $(THREADS) $(BIN)/python -m pytest tests $(XDIST) -q
 
 notebooks: venv
 	$(TEST_ENV) $(THREADS) $(BIN)/python -m pytest --nbmake book/*.ipynb $(XDIST) -q --nbmake-timeout=1200
