@@ -196,6 +196,9 @@ def test_server_applies_the_round_update_start_minus_end(backbone):
     before = {k: v.clone() for k, v in state.global_.items()}
     end, start, _ = oracle._train_client(state, plan, 0, config, 1)         # reference end copy
     uploads, _ = engine.train_chunk(copy.deepcopy(state), plan, config, 1)
+    # only global tensors are uploaded: never a router (private) nor a feature (frozen)
+    assert set(uploads.values) == set(state.global_)
+    assert not set(uploads.values) & set(fusion.ROUTER)
     for name in state.fusion.modules:
         # Delta_u = start - end
         assert torch.allclose(uploads.values[name][0], start[name] - end[name], atol=1e-10), name
