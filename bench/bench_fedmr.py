@@ -1,0 +1,107 @@
+"""Benchmark: FedMR (Mix: sum, mlp, gate and the private router) batched engine vs per-client loop.
+
+The same measurement as ``bench_engine.py`` (whose ``markdown`` table and approach it reuses), for
+``method="fedmr"``: on ``world-full`` (by default) one training round is timed with
+``engine="batched"`` (all clients, a leading client axis) and with ``engine="loop"`` (the per-client
+oracle) on ``--loop-clients`` clients only, extrapolated linearly to all U clients (clients never
+interact within a round). Evaluation is excluded from both timings. Item features come from
+``encoders.encode_dataset`` (the default offline encoder unless ``--encoder``), encoded once before
+any timing. On CUDA (``--device cuda``, or ``--device all`` when a GPU is present) the same pair of
+timings is taken on the GPU.
+
+    .venv/bin/python bench/bench_fedmr.py                             # world-full, fedavg, CPU
+    .venv/bin/python bench/bench_fedmr.py --backbones fedavg,fedrap --device all
+
+Prints a markdown table on stdout, then the JSON of every measurement (progress on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_engine import markdown                             # noqa: E402
+from fedmm_lite.data import load_dataset                      # noqa: E402
+from fedmm_lite.encoders import encode_dataset                # noqa: E402
+from fedmm_lite.fed.commands import compare_metrics, time_engine  # noqa: E402
+from fedmm_lite.fed.config import default_config              # noqa: E402
+
+
+def bench_fedmr(dataset, backbone: str, device: str, args) -> dict:
+    """One round of FedMR Mix with both engines on ``device``; the loop on a subset, extrapolated."""
+    base = default_config(backbone, method="fedmr", strategy=args.strategy, rounds=args.rounds,
+                          device=device, seed=args.seed, eval_every=args.rounds)
+    if args.local_epochs:
+        base = dataclasses.replace(base, local_epochs=args.local_epochs)
+    users = dataset.n_users
+    batched = time_engine(dataset, dataclasses.replace(base, engine="batched"))
+    loop_ratio = 1.0 if args.loop_clients <= 0 else min(1.0, args.loop_clients / users)
+    loop = time_engine(dataset, dataclasses.replace(base, engine="loop", sample_ratio=loop_ratio))
+    updates_per_round = batched["client_updates"] / base.rounds
+    batched_spr = batched["seconds_per_round"]
+    loop_spr = updates_per_round / loop["client_updates_per_second"]   # extrapolated to all clients
+    agreement = (compare_metrics(batched["metrics"], loop["metrics"], users) if loop_ratio == 1.0
+                 else {"metrics_agree": None})   # different clients trained: nothing to compare
+    return {"backbone": f"{backbone}+fedmr-{args.strategy} ({device})", "users": users,
+            "items": dataset.n_items, "local_epochs": base.local_epochs,
+            "batch_size": base.batch_size, "chunk_size": base.chunk_size, "batched": batched,
+            "loop": loop, "loop_extrapolated": loop_ratio < 1.0,
+            "batched_seconds_per_round": batched_spr, "loop_seconds_per_round": loop_spr,
+            "speedup": loop_spr / batched_spr, **agreement}
+
+
+def devices(choice: str) -> list[str]:
+    if choice == "all":
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [choice]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="world-full")
+    p.add_argument("--backbones", default="fedavg")
+    p.add_argument("--strategy", default="mix", help="mix | sum | mlp | gate")
+    p.add_argument("--encoder", default=None, help="default: encoders' default offline encoder")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--local-epochs", type=int, default=None, help="default: the backbone's tuned H")
+    p.add_argument("--loop-clients", type=int, default=100,
+                   help="clients the loop trains per round (0 = all; the loop is slow)")
+    p.add_argument("--device", default="all", help="cpu | cuda | all (cpu, and cuda when present)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the measurements here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    dataset = load_dataset(args.data, seed=args.seed)
+    summary = encode_dataset(dataset, encoder=args.encoder, progress=False)
+    rows = []
+    for device in devices(args.device):
+        for backbone in args.backbones.split(","):
+            print(f"[bench_fedmr] {backbone} on {device} ...", file=sys.stderr, flush=True)
+            rows.append(bench_fedmr(dataset, backbone, device, args))
+            print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    report = {"data": dataset.stats()["name"], "users": dataset.n_users, "items": dataset.n_items,
+              "encoder": summary.encoder, "pretrained": summary.pretrained,
+              "threads": args.threads, "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(),
+              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
+    print(markdown(rows))
+    print(json.dumps(report, indent=2, default=str))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
