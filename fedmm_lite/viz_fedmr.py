@@ -10,7 +10,8 @@ a model, except the explorer widget's callback, and only when its button is clic
   world's planted user groups (``commands.planted_router_weights``);
 - ``mapped_representations`` / ``representation_gaps`` / ``representation_umap_figure``: the item
   inputs after FedMR's mapping layers (Eq. (1): h_m = A_m x_m, all in R^d), for the global ID view
-  or one user's personalised view (FedRAP: D_u + C), their pairwise modality gaps and a UMAP;
+  or one user's personalised view (FedRAP: D_u + C), their pairwise modality gaps, the mean
+  cosine of each item's vectors in two sets (``matched_cosines``) and a UMAP;
 - ``explorer``: an ipywidgets panel (backbone, strategy, modalities -> a quick run and its plots).
 """
 from __future__ import annotations
@@ -138,6 +139,20 @@ def representation_gaps(panel: Mapping[str, np.ndarray]) -> pd.DataFrame:
     for i, a in enumerate(labels):
         for b in labels[i + 1:]:
             out.loc[a, b] = out.loc[b, a] = modality_gap(panel[a], panel[b])
+    return out
+
+
+def matched_cosines(panel: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Mean cosine between the SAME item's rows in two point sets (all sets (n, d), rows aligned),
+    for every pair of sets: 1 = each item's two vectors point the same way, 0 = unrelated. A gap
+    between centroids says little when the sets are centred (``fusion.standardise``); this does."""
+    labels = list(panel)
+    unit = {k: l2_normalise(v) for k, v in panel.items()}                       # (n, d) each
+    out = pd.DataFrame(1.0, index=labels, columns=labels)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            # mean_i cos(a_i, b_i)
+            out.loc[a, b] = out.loc[b, a] = float((unit[a] * unit[b]).sum(1).mean())
     return out
 
 

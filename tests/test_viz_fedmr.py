@@ -118,6 +118,11 @@ def test_representation_gaps_and_umap_figure():
     assert gaps.loc["a", "a copy"] == pytest.approx(0.0)
     assert gaps.loc["a", "a shifted"] == pytest.approx(modality_gap(a, a + 5.0))
     assert gaps.loc["a shifted", "a"] == gaps.loc["a", "a shifted"] > 0.5
+    b = np.vstack([a[:15], -a[15:]])                                           # half flipped
+    cos = viz_fedmr.matched_cosines({"a": a, "b": b, "-a": -a})
+    assert cos.loc["a", "-a"] == pytest.approx(-1.0)
+    assert cos.loc["a", "b"] == pytest.approx(0.0)                              # (15 - 15) / 30
+    assert cos.loc["b", "a"] == cos.loc["a", "b"] and cos.loc["b", "b"] == 1.0
     calls = []
 
     def fake_embed(arrays, seed):
