@@ -103,3 +103,14 @@ def tiny_folder(tmp_path) -> Path:
     interactions = [(f"u{u:02d}", f"i{(3 * u + j) % TINY_ITEMS:02d}", 1000 + 100 * u + j)
                     for u in range(TINY_USERS) for j in range(TINY_PER_USER)]
     return write_folder(tmp_path / "tiny", interactions, items, images)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny tensors: thread start-up costs more than it saves on a 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

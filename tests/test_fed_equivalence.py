@@ -20,13 +20,6 @@ from fedmm_lite.fed import FedConfig, run_federated
 TRAINED = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up costs more than it saves on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_dataset(n_users: int = 14, n_items: int = 60, seed: int = 0) -> Dataset:

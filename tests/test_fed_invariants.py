@@ -18,12 +18,6 @@ from fedmm_lite.fed.server import aggregation_weights
 from test_fed_equivalence import small_config, tiny_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def fresh(backbone, data, **kw):

@@ -23,12 +23,6 @@ from test_fed_equivalence import assert_same_run, small_config, tiny_dataset
 TRAINED = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def mm_dataset(seed: int = 0, d_image: int = 12, d_text: int = 7):

@@ -25,12 +25,6 @@ from test_fed_equivalence import small_config, tiny_dataset
 TRAINED = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build_uploads(backbone, noise="none"):
