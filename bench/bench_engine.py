@@ -33,26 +33,32 @@ from fedmm_lite.fed.config import default_config              # noqa: E402
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 
 
-def bench_backbone(dataset, backbone: str, args) -> dict:
-    base = default_config(backbone, rounds=args.rounds, device=args.device, seed=args.seed,
-                          eval_every=args.rounds)
-    if args.local_epochs:
-        base = dataclasses.replace(base, local_epochs=args.local_epochs)
+def compare_engines(dataset, base, loop_clients: int, label: str) -> dict:
+    """One configuration with both engines; the loop on ``loop_clients`` clients (0 = all),
+    its seconds per round extrapolated linearly to every client (clients never interact)."""
     users = dataset.n_users
     batched = time_engine(dataset, dataclasses.replace(base, engine="batched"))
-    loop_ratio = 1.0 if args.loop_clients <= 0 else min(1.0, args.loop_clients / users)
+    loop_ratio = 1.0 if loop_clients <= 0 else min(1.0, loop_clients / users)
     loop = time_engine(dataset, dataclasses.replace(base, engine="loop", sample_ratio=loop_ratio))
     updates_per_round = batched["client_updates"] / base.rounds
     batched_spr = batched["seconds_per_round"]
     loop_spr = updates_per_round / loop["client_updates_per_second"]   # extrapolated to all clients
     agreement = (compare_metrics(batched["metrics"], loop["metrics"], users) if loop_ratio == 1.0
                  else {"metrics_agree": None})   # different clients trained: nothing to compare
-    return {"backbone": backbone, "users": users, "items": dataset.n_items,
+    return {"backbone": label, "users": users, "items": dataset.n_items,
             "local_epochs": base.local_epochs, "batch_size": base.batch_size,
             "chunk_size": base.chunk_size, "batched": batched, "loop": loop,
             "loop_extrapolated": loop_ratio < 1.0,
             "batched_seconds_per_round": batched_spr, "loop_seconds_per_round": loop_spr,
             "speedup": loop_spr / batched_spr, **agreement}
+
+
+def bench_backbone(dataset, backbone: str, args) -> dict:
+    base = default_config(backbone, rounds=args.rounds, device=args.device, seed=args.seed,
+                          eval_every=args.rounds)
+    if args.local_epochs:
+        base = dataclasses.replace(base, local_epochs=args.local_epochs)
+    return compare_engines(dataset, base, args.loop_clients, backbone)
 
 
 def markdown(rows: list[dict]) -> str:

@@ -29,10 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import markdown                             # noqa: E402
+from bench_engine import compare_engines, markdown            # noqa: E402
 from fedmm_lite.data import load_dataset                      # noqa: E402
 from fedmm_lite.encoders import encode_dataset                # noqa: E402
-from fedmm_lite.fed.commands import compare_metrics, time_engine  # noqa: E402
 from fedmm_lite.fed.config import default_config              # noqa: E402
 
 
@@ -42,21 +41,8 @@ def bench_fedmr(dataset, backbone: str, device: str, args) -> dict:
                           device=device, seed=args.seed, eval_every=args.rounds)
     if args.local_epochs:
         base = dataclasses.replace(base, local_epochs=args.local_epochs)
-    users = dataset.n_users
-    batched = time_engine(dataset, dataclasses.replace(base, engine="batched"))
-    loop_ratio = 1.0 if args.loop_clients <= 0 else min(1.0, args.loop_clients / users)
-    loop = time_engine(dataset, dataclasses.replace(base, engine="loop", sample_ratio=loop_ratio))
-    updates_per_round = batched["client_updates"] / base.rounds
-    batched_spr = batched["seconds_per_round"]
-    loop_spr = updates_per_round / loop["client_updates_per_second"]   # extrapolated to all clients
-    agreement = (compare_metrics(batched["metrics"], loop["metrics"], users) if loop_ratio == 1.0
-                 else {"metrics_agree": None})   # different clients trained: nothing to compare
-    return {"backbone": f"{backbone}+fedmr-{args.strategy} ({device})", "users": users,
-            "items": dataset.n_items, "local_epochs": base.local_epochs,
-            "batch_size": base.batch_size, "chunk_size": base.chunk_size, "batched": batched,
-            "loop": loop, "loop_extrapolated": loop_ratio < 1.0,
-            "batched_seconds_per_round": batched_spr, "loop_seconds_per_round": loop_spr,
-            "speedup": loop_spr / batched_spr, **agreement}
+    return compare_engines(dataset, base, args.loop_clients,
+                           f"{backbone}+fedmr-{args.strategy} ({device})")
 
 
 def devices(choice: str) -> list[str]:
