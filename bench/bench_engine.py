@@ -33,6 +33,23 @@ from fedmm_lite.fed.config import default_config              # noqa: E402
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 
 
+def machine_fields() -> dict:
+    """Where and when a figure was taken: torch version, processor, GPU name, UTC date."""
+    return {"torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def emit(table: str, report: dict, json_path: str | None) -> int:
+    """Print the markdown table and the JSON report; also write the JSON to ``json_path``."""
+    print(table)
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+    return 0
+
+
 def compare_engines(dataset, base, loop_clients: int, label: str) -> dict:
     """One configuration with both engines; the loop on ``loop_clients`` clients (0 = all),
     its seconds per round extrapolated linearly to every client (clients never interact)."""
@@ -95,14 +112,8 @@ def main(argv=None) -> int:
         rows.append(bench_backbone(dataset, backbone, args))
         print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     report = {"data": dataset.stats()["name"], "users": dataset.n_users, "items": dataset.n_items,
-              "device": args.device, "threads": args.threads, "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
-    print(markdown(rows))
-    print(json.dumps(report, indent=2, default=str))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return 0
+              "device": args.device, "threads": args.threads, **machine_fields(), "rows": rows}
+    return emit(markdown(rows), report, args.json)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import compare_engines, markdown            # noqa: E402
+from bench_engine import compare_engines, emit, machine_fields, markdown  # noqa: E402
 from fedmm_lite.data import load_dataset                      # noqa: E402
 from fedmm_lite.encoders import encode_dataset                # noqa: E402
 from fedmm_lite.fed.config import default_config              # noqa: E402
@@ -78,15 +75,8 @@ def main(argv=None) -> int:
             print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     report = {"data": dataset.stats()["name"], "users": dataset.n_users, "items": dataset.n_items,
               "encoder": summary.encoder, "pretrained": summary.pretrained,
-              "threads": args.threads, "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(),
-              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
-    print(markdown(rows))
-    print(json.dumps(report, indent=2, default=str))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return 0
+              "threads": args.threads, **machine_fields(), "rows": rows}
+    return emit(markdown(rows), report, args.json)
 
 
 if __name__ == "__main__":

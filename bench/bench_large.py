@@ -21,8 +21,6 @@ Prints a markdown table on stdout, then the JSON of every measurement (progress 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_engine import emit, machine_fields                   # noqa: E402
 from fedmm_lite.config import resolve_device                  # noqa: E402
 from fedmm_lite.data import NegativeSampler, load_dataset     # noqa: E402
 from fedmm_lite.fed import backbones, engine                  # noqa: E402
@@ -154,17 +154,10 @@ def main(argv=None) -> int:
         print(f"[bench_large] {backbone} on {device} ...", file=sys.stderr, flush=True)
         rows.append(bench_backbone(dataset, backbone, args, device))
         print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     report = {"data": dataset.stats()["name"], "users": dataset.n_users, "items": dataset.n_items,
               "interactions": dataset.stats()["interactions"], "load_seconds": load_seconds,
-              "device": str(device), "gpu": gpu, "threads": args.threads,
-              "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
-    print(markdown(rows))
-    print(json.dumps(report, indent=2, default=str))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return 0
+              "device": str(device), "threads": args.threads, **machine_fields(), "rows": rows}
+    return emit(markdown(rows), report, args.json)
 
 
 if __name__ == "__main__":
