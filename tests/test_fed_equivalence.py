@@ -16,8 +16,31 @@ import torch
 
 from fedmm_lite.data.dataset import Dataset
 from fedmm_lite.fed import FedConfig, run_federated
+from fedmm_lite.fed.tuned import TunedTables
 
 TRAINED = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
+
+
+def stored_tensors(value) -> list:
+    """The tensors a private entry is stored in (PFedRec's E_u: pool rows and snapshots)."""
+    return [value.rows, value.snapshots, value.items] if isinstance(value, TunedTables) else [value]
+
+
+def fill_private(value, fill: float, keep=()) -> None:
+    """Overwrite a private entry with ``fill`` (integers with 0), except the clients in ``keep``."""
+    keep = torch.as_tensor(list(keep), dtype=torch.long)
+    if isinstance(value, TunedTables):
+        other = torch.ones(value.rows.shape[0], dtype=torch.bool)
+        for u in keep.tolist():
+            other[int(value.offsets[u]):int(value.offsets[u + 1])] = False
+        value.rows[other] = fill
+        shared = torch.zeros(value.snapshots.shape[0], dtype=torch.bool)
+        shared[value.snapshot_of[keep][value.snapshot_of[keep] >= 0]] = True
+        value.snapshots[~shared] = fill
+        return
+    kept = value[keep].clone()
+    value.copy_(torch.full_like(value, fill) if value.is_floating_point() else torch.zeros_like(value))
+    value[keep] = kept
 
 
 
@@ -54,7 +77,7 @@ def assert_same_run(a, b, tol=1e-10):
         diff = (a.state.global_[name] - b.state.global_[name]).abs().max()
         assert diff < tol, f"global {name} differs by {float(diff)}"
     for name in a.state.private:
-        diff = (a.state.private[name].double() - b.state.private[name].double()).abs().max()
+        diff = (a.state.private[name][:].double() - b.state.private[name][:].double()).abs().max()
         assert diff < tol, f"private {name} differs by {float(diff)}"
     assert torch.equal(a.state.joined, b.state.joined)
     assert len(a.history) == len(b.history)
@@ -111,7 +134,7 @@ def test_same_seed_same_run_and_other_seed_differs():
     for name in a.state.global_:
         assert torch.equal(a.state.global_[name], b.state.global_[name])
     for name in a.state.private:
-        assert torch.equal(a.state.private[name], b.state.private[name])
+        assert torch.equal(a.state.private[name][:], b.state.private[name][:])
     assert [h["valid"] for h in a.history] == [h["valid"] for h in b.history]
     c = run_federated(data, dataclasses.replace(config, seed=4), progress=False)
     assert not torch.equal(a.state.global_["E"], c.state.global_["E"])

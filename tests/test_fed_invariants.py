@@ -14,8 +14,9 @@ from fedmm_lite.fed import backbones, engine, run_federated
 from fedmm_lite.fed.loop import select_best
 from fedmm_lite.fed.plan import chunks, make_plan, sample_participants
 from fedmm_lite.fed.server import aggregation_weights
+from fedmm_lite.fed.tuned import TunedTables
 
-from test_fed_equivalence import small_config, tiny_dataset
+from test_fed_equivalence import fill_private, small_config, tiny_dataset
 
 
 
@@ -62,7 +63,12 @@ def test_evaluation_reads_each_users_private_state(backbone, name):
     train(state, data, config, list(range(data.n_users)), 1, sampler, gen)
     users = torch.arange(data.n_users)
     before = backbones.full_scores(state, users)
-    state.private[name][5] = state.private[name][5] + 0.5 + torch.rand_like(state.private[name][5])
+    value = state.private[name]
+    if isinstance(value, TunedTables):          # PFedRec's E_u: move user 5's tuned rows
+        mine = slice(int(value.offsets[5]), int(value.offsets[6]))
+        value.rows[mine] += 0.5 + torch.rand_like(value.rows[mine])
+    else:
+        value[5] = value[5] + 0.5 + torch.rand_like(value[5])
     after = backbones.full_scores(state, users)
     changed = (after - before).abs().amax(dim=1) > 1e-9                         # (U,)
     assert changed.tolist() == [u == 5 for u in range(data.n_users)]
@@ -113,16 +119,12 @@ def test_non_participants_are_not_averaged(backbone):
                                                        state.dtype), plan, config, 1)
     name = backbones.SPECS[backbone].tables[0]
     dense = torch.zeros((2,) + tuple(start[name].shape), dtype=start[name].dtype)
-    for c in range(2):
-        m = uploads.row_mask[name][c]
-        dense[c, uploads.rows[name][c][m]] = uploads.values[name][c][m]
+    dense[uploads.owners[name], uploads.rows[name]] = uploads.values[name]
     a = aggregation_weights(backbones.SPECS[backbone].rule, plan.sizes).to(dense.dtype)
     expected = start[name] - torch.einsum("p,p...->...", a, dense)
     # garbage in every other client's private state must not matter
     for value in state.private.values():
-        keep = value[[2, 6]].clone()
-        value.copy_(torch.full_like(value, 1e6))
-        value[[2, 6]] = keep
+        fill_private(value, 1e6, keep=[2, 6])
     engine.train_round(state, [plan], config, 1)
     assert torch.allclose(state.global_[name], expected, atol=1e-12)
     assert state.joined.tolist() == [u in (2, 6) for u in range(data.n_users)]
@@ -170,10 +172,12 @@ def test_plan_rows_are_unique_per_client_and_cover_every_sample():
                      torch.Generator().manual_seed(0))
     repeated = False
     for c in range(6):
-        rows = plan.rows[c][plan.row_mask[c]]
+        mine = plan.row_owner == c
+        rows = plan.rows[mine]
         assert len(set(rows.tolist())) == len(rows)
         length = int(plan.lengths[c])
-        assert torch.equal(rows[plan.slots[c, :length]], plan.items[c, :length])
+        assert bool(mine[plan.slots[c, :length]].all())           # a sample reads its own client's rows
+        assert torch.equal(plan.rows[plan.slots[c, :length]], plan.items[c, :length])
         repeated |= len(rows) < length
         for e in range(2):                                     # each epoch is a permutation
             assert sorted(plan.orders[e, c, :length].tolist()) == list(range(length))

@@ -20,7 +20,7 @@ from fedmm_lite.fed.plan import make_plan
 from fedmm_lite.fed.privacy import NoiseSpec, client_noise
 from fedmm_lite.fed.server import Aggregator, UploadBatch
 
-from test_fed_equivalence import small_config, tiny_dataset
+from test_fed_equivalence import fill_private, small_config, stored_tensors, tiny_dataset
 
 TRAINED = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 
@@ -48,7 +48,7 @@ def aggregate(state, uploads):
 
 
 def test_an_upload_holds_only_named_shared_updates_and_sizes():
-    assert {f.name for f in dataclasses.fields(UploadBatch)} == {"sizes", "values", "rows", "row_mask"}
+    assert {f.name for f in dataclasses.fields(UploadBatch)} == {"sizes", "values", "rows", "owners"}
     for backbone in TRAINED:
         state, plan, uploads = build_uploads(backbone)
         assert set(uploads.values) == set(state.global_)            # shared tensors only
@@ -62,8 +62,7 @@ def test_server_result_ignores_private_state(backbone, noise):
     state, _, uploads = build_uploads(backbone, noise)
     before = aggregate(state, uploads)
     for value in state.private.values():
-        value.copy_(torch.full_like(value, float("nan")) if value.is_floating_point()
-                    else torch.zeros_like(value))
+        fill_private(value, float("nan"))
     after = aggregate(state, uploads)
     for name in before:
         assert torch.equal(before[name], after[name]), name
@@ -75,10 +74,11 @@ def test_no_private_tensor_in_an_upload(backbone):
     uploaded = list(uploads.values.values()) + list(uploads.rows.values()) + [uploads.sizes]
     pointers = {t.untyped_storage().data_ptr() for t in uploaded}
     for value in state.private.values():
-        assert value.untyped_storage().data_ptr() not in pointers
+        for tensor in stored_tensors(value):
+            assert tensor.untyped_storage().data_ptr() not in pointers
     # by value: no client's private vector (or private item row) equals an uploaded row
     for name, value in state.private.items():
-        private_rows = value[plan.clients].reshape(-1, value.shape[-1]) if value.dim() > 1 else None
+        private_rows = value[plan.clients].reshape(-1, value.shape[-1]) if len(value.shape) > 1 else None
         if private_rows is None:
             continue
         private_rows = private_rows[private_rows.abs().sum(1) > 0]       # D_u starts at 0 everywhere
@@ -94,13 +94,13 @@ def test_noise_is_added_to_every_row_of_every_upload():
     state, plan, clean = build_uploads("fedavg")
     _, _, noisy = build_uploads("fedavg", "gaussian:0.5")
     n = state.global_["Q"].shape[0]
-    assert noisy.values["Q"].shape == (4, n, state.global_["Q"].shape[1])
-    assert noisy.row_mask["Q"].all()
+    assert noisy.values["Q"].shape == (4 * n, state.global_["Q"].shape[1])
+    assert torch.equal(noisy.rows["Q"], torch.arange(n).repeat(4))      # every row of every client
+    assert torch.equal(noisy.owners["Q"], torch.arange(4).repeat_interleave(n))
     # rows the client never touched are pure noise, so the server cannot read the client's items
     untouched = torch.ones(4, n, dtype=torch.bool)
-    for c in range(4):
-        untouched[c, plan.rows[c][plan.row_mask[c]]] = False
-    pure = noisy.values["Q"][untouched]
+    untouched[plan.row_owner, plan.rows] = False
+    pure = noisy.values["Q"].view(4, n, -1)[untouched]
     assert pure.std() == pytest.approx(0.5, rel=0.05)
 
 

@@ -51,9 +51,14 @@ def test_server_step_size_scales_the_mean_update():
     assert new["Q"].tolist() == [-0.5, 1.0]
 
 
-def _sparse_batch(sizes, rows, mask, values, tower):
-    return UploadBatch(sizes=torch.tensor(sizes), values={"Q": values, "W": tower},
-                       rows={"Q": rows}, row_mask={"Q": mask})
+def _sparse_batch(sizes, rows, masks, values, towers):
+    """The flat row upload of the clients: their real rows (mask True), client after client."""
+    owners = torch.cat([torch.full((int(m.sum()),), c) for c, m in enumerate(masks)])
+    return UploadBatch(sizes=torch.tensor(sizes),
+                       values={"Q": torch.cat([v[m] for v, m in zip(values, masks)]),
+                               "W": torch.stack(towers)},
+                       rows={"Q": torch.cat([r[m] for r, m in zip(rows, masks)])},
+                       owners={"Q": owners})
 
 
 @pytest.mark.parametrize("rule", ["data_size", "uniform"])
@@ -74,10 +79,8 @@ def test_streamed_row_uploads_equal_the_dense_weighted_sum(rule):
             if m:
                 dense[u, r] = v
     agg = Aggregator(rule, {"Q": (n, d), "W": (4,)}, torch.float32, "cpu")
-    agg.add(_sparse_batch(sizes[:2], torch.stack(rows[:2]), torch.stack(masks[:2]),
-                          torch.stack(vals[:2]), torch.stack(towers[:2])))
-    agg.add(_sparse_batch(sizes[2:], torch.stack(rows[2:]), torch.stack(masks[2:]),
-                          torch.stack(vals[2:]), torch.stack(towers[2:])))
+    agg.add(_sparse_batch(sizes[:2], rows[:2], masks[:2], vals[:2], towers[:2]))
+    agg.add(_sparse_batch(sizes[2:], rows[2:], masks[2:], vals[2:], towers[2:]))
     mean = agg.mean_update()
     assert torch.allclose(mean["Q"], weighted_update(rule, torch.tensor(sizes), dense), atol=1e-6)
     assert torch.allclose(mean["W"], weighted_update(rule, torch.tensor(sizes), torch.stack(towers)),

@@ -15,20 +15,24 @@ Scores (logits; sigma is applied inside the loss):
     PFedRec:            s_ui = w_u . E[i] + b_u       (E_u, the locally tuned table, at evaluation)
     FedRAP:             s_ui = w_u . (D_u[i] + C[i]) + b_u
 
-Storage of the per-client item tables (PFedRec's E_u, FedRAP's D_u): dense (U, n, d) tensors in
-``private_dtype``. At the large preset (6,300 clients x 4,500 items x d = 64) that is 7.3 GB in
-float32 (3.6 GB in bfloat16), one table per run: it fits a 24 GB machine, keeps reads and writes
-plain indexing, and makes evaluation a gather. A round writes only the participants' rows
-(FedRAP: the rows they touched). A snapshot-of-E-plus-touched-rows store would need far less
-(PFedRec's E_u differs from the global table it started from only on the rows trained that round)
-but is not built.
+Storage of the per-client item tables, in ``private_dtype``:
+- FedRAP's D_u: a dense (U, n, d) tensor (D_u accumulates over rounds on every row a client ever
+  touched, fresh negatives included). At the large preset (6,300 clients x 4,500 items x d = 64)
+  that is 7.3 GB in float32 (3.6 GB in bfloat16): it fits a 24 GB machine; a round writes only
+  the rows the participants touched.
+- PFedRec's E_u: ``tuned.TunedTables``, the snapshot of E the client started its last round from
+  plus the rows it tuned then (E_u differs from that snapshot nowhere else); indexing it gives the
+  dense tables back.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from .tuned import TunedTables
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -146,7 +150,14 @@ def init_state(backbone: str, n_users: int, n_items: int, config, generator: tor
     state = FedState(backbone, g, p, torch.zeros(n_users, dtype=torch.bool), dt, setup).to(device)
     # per-client item tables are allocated directly on the device, in the storage dtype
     if backbone == "pfedrec":
-        state.private["E_u"] = torch.zeros(n_users, n_items, d, dtype=pdt, device=device)  # (U, n, d)
+        # E_u = the round's snapshot of E + the client's tuned rows, at most (1 + neg_ratio) n_u
+        # of them a round (tuned.py); without the dataset, room for every row
+        if dataset is not None:
+            sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)
+            capacity = sizes * (1 + config.neg_ratio)
+        else:
+            capacity = torch.full((n_users,), n_items, dtype=torch.long)
+        state.private["E_u"] = TunedTables(capacity, n_items, d, pdt, device)  # stands for (U, n, d)
     if backbone == "fedrap":
         # D_u starts at 0: a new client scores with the global view C alone
         state.private["D"] = torch.zeros(n_users, n_items, d, dtype=pdt, device=device)    # (U, n, d)

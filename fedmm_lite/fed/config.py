@@ -76,7 +76,8 @@ class FedConfig:
     item_lr: float | None = None  # step for the rows of global item tables
     server_lr: float | None = None  # server step on the averaged update (1 = plain averaging)
     dim: int = 64                 # d, latent size
-    chunk_size: int = 256         # clients trained at once by the batched engine (memory bound)
+    chunk_size: int = 1024        # at most this many clients trained at once by the batched engine
+    chunk_samples: int = 1 << 20  # and at most this many padded samples (clients x longest): memory bound
     eval_every: int = 1           # evaluate valid and test every this many rounds
     seed: int = 0                 # one seed makes a run repeatable on the same device
     device: str = "auto"          # auto | cpu | cuda | cuda:N
@@ -128,6 +129,7 @@ def validate(config: FedConfig) -> FedConfig:
         (c.neg_ratio >= 0, f"--neg-ratio {c.neg_ratio}: must be >= 0"),
         (c.dim >= 1, f"dim {c.dim}: must be >= 1"),
         (c.chunk_size >= 1, f"--chunk-size {c.chunk_size}: must be >= 1"),
+        (c.chunk_samples >= 1, f"chunk_samples {c.chunk_samples}: must be >= 1"),
         (c.eval_every >= 1, f"eval_every {c.eval_every}: must be >= 1"),
         (c.eval_chunk_size >= 1, f"eval_chunk_size {c.eval_chunk_size}: must be >= 1"),
         (c.fedrap_bound > 0, f"fedrap_bound {c.fedrap_bound}: must be > 0"),

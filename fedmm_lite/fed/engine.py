@@ -1,13 +1,15 @@
 """The batched engine: a chunk of clients trains at once, every tensor with a leading client axis.
 
 design.md, "The engine". For a chunk of C clients and its ``ChunkPlan``:
-1. local copies: each global item table contributes only the rows a client touches,
-   ``(C, R, d)``; private per-client tables (FedRAP's D_u) the same rows; small global modules
-   (the NCF tower) one copy per client ``(C, ...)``; private vectors their clients' rows;
+1. local copies: each global item table contributes only the rows each client touches, stored
+   flat for the chunk ``(Q, d)`` (client after client, ``plan.rows``; no padding to the heaviest
+   client); private per-client tables (FedRAP's D_u) the same rows; small global modules (the
+   NCF tower) one copy per client ``(C, ...)``; private vectors their clients' rows;
 2. per mini-batch position, for each optimisation phase: the loss of client c is the mean BCE over
    its valid samples (plus FedRAP's regulariser); ONE backward on sum_c loss_c gives every client
-   exactly its own gradient (clients share no tensor); the SGD step is elementwise and masked, so a
-   client with no sample at this position does not move;
+   exactly its own gradient (clients share no tensor); the inner-product backbones skip autograd
+   and use the same gradients written out (gradients.py); the SGD step touches only the clients
+   with a sample at this position;
 3. uploads Delta_u = start - end of the shared local copies (the round's accumulated update),
    row-sparse for item tables, noised (all n rows) when ``--noise`` is on;
 4. private tensors are written back to the clients' stacked storage.
@@ -21,30 +23,32 @@ training items H_u (the router's input), with the frozen feature rows of the sam
 """
 from __future__ import annotations
 
+import bisect
+
 import torch
 import torch.nn.functional as F
 
-from . import backbones, fusion
+from . import backbones, fusion, gradients
 from .privacy import NoiseSpec, client_noise
 from .server import Aggregator, UploadBatch, apply_update
 
 
 def _local_copies(state, plan, spec):
-    """The chunk's local models, (C, ...) or (C, R, d) for item tables, and the start of the shared ones."""
+    """The chunk's local models, (C, ...) or (Q, d) for item tables, and the start of the shared ones."""
     C = plan.n_clients
     dt = state.dtype
     clients = plan.clients                                                      # (C,)
     local = {}
     for name, value in state.global_.items():
         if name in spec.tables:
-            local[name] = value[plan.rows].clone()                              # (C, R, d)
+            local[name] = value.index_select(0, plan.rows)                      # (Q, d)
         else:
             local[name] = value.unsqueeze(0).expand((C,) + tuple(value.shape)).clone()  # (C, ...)
     for name in spec.private_vectors:
         local[name] = state.private[name][clients].clone()                      # (C, ...)
     for name in spec.private_tables:
         if name not in spec.tuned_from:                                         # trained directly (D_u)
-            local[name] = state.private[name][clients.unsqueeze(1), plan.rows].to(dt)  # (C, R, d)
+            local[name] = state.private[name][clients[plan.row_owner], plan.rows].to(dt)  # (Q, d)
     start = {name: local[name].clone() for name in state.global_}
     return local, start
 
@@ -59,18 +63,79 @@ def _step_sizes(spec, config, state=None):
     return lambda name: item_lr if name in spec.tables else (fusion_lr if name in modules else lr)
 
 
-def _batch_view(local, row_names, act, slots, phase):
+def _batch_view(local, row_names, act, flat, phase, autograd=True):
     """The tensors one mini-batch reads, for the active clients ``act`` (A,): item tables as the
-    rows of the batch's items (A, B, d), everything else as the clients' copies (A, ...). The
-    tensors of ``phase`` are fresh leaves that receive the gradient."""
+    rows of the batch's items (A, B, d) (``flat`` (A, B): index into the chunk's Q rows),
+    everything else as the clients' copies (A, ...). With ``autograd``, the tensors of ``phase``
+    are fresh leaves that receive the gradient."""
     view = {}
     for name, value in local.items():
         if name in row_names:
-            v = value[act.unsqueeze(1), slots]                                  # (A, B, d)
+            v = _gather_rows(value, flat)                                       # (A, B, d)
         else:
-            v = value[act]                                                      # (A, ...)
-        view[name] = v.requires_grad_(True) if name in phase else v
+            v = value[act]                          # (A, ...): a view for a slice, a copy for indices
+        if autograd and name in phase:
+            # a fresh leaf; a view of ``local`` would be moved by the in-place SGD step under autograd
+            v = (v.clone() if isinstance(act, slice) else v).requires_grad_(True)
+        view[name] = v
     return view
+
+
+def _gather_rows(table, flat):
+    """Rows ``flat`` (A, B) of a chunk table (Q, d): (A, B, d). (``index_select`` on a flat table
+    is several times faster on CPU than 2-D fancy indexing of a padded (C, R, d) one.)"""
+    return table.index_select(0, flat.reshape(-1)).view(flat.shape + table.shape[1:])
+
+
+def _add_rows(table, flat, values, alpha: float) -> None:
+    """table[flat[a, b]] += alpha * values[a, b] for a (Q, d) ``table``, accumulating repeats.
+    CPU: ``index_add_`` (serial, deterministic); CUDA: ``index_put_(accumulate=True)``, which is
+    deterministic there where ``index_add_``'s atomics are not."""
+    idx, values = flat.reshape(-1), values.reshape(-1, table.shape[-1])
+    if table.is_cuda:
+        table.index_put_((idx,), alpha * values, accumulate=True)
+    else:
+        table.index_add_(0, idx, values, alpha=alpha)
+
+
+def _mini_batches(plan, dtype, with_items: bool):
+    """The chunk's mini-batch positions, epoch by epoch: ``(act, slots, y, valid, weight, items)``.
+
+    ``act`` the clients with a sample at this position (a slice when the chunk's clients come in
+    ascending order of sample count, as rounds build them: the active ones are then a suffix and
+    every tensor below is a view, not a gathered copy); for them, (A, B): ``slots`` the sample's
+    row among the chunk's rows, ``y`` its label, ``valid`` False on padding, ``weight`` 1 / n_B on
+    valid samples (n_B = the client's samples in this batch: sum_b weight_b BCE_b is its mean
+    loss), ``items`` the item ids (FedMR only, else None).
+    """
+    C, L = plan.items.shape
+    bs = plan.batch_size
+    device = plan.items.device
+    lengths = plan.lengths.tolist()
+    ascending = all(a <= b for a, b in zip(lengths, lengths[1:]))
+    position = torch.arange(L, device=device)                                   # (L,)
+    valid_all = position.unsqueeze(0) < plan.lengths.unsqueeze(1)               # (C, L)
+    # n_B = min(batch size, samples left from the batch's start), the same for every epoch
+    count = (plan.lengths.unsqueeze(1) - (position // bs * bs).unsqueeze(0)).clamp(1, bs)  # (C, L)
+    weight_all = valid_all.to(dtype) / count.to(dtype)                         # (C, L)
+    labels = plan.labels.to(dtype)
+    for epoch in range(plan.orders.shape[0]):
+        order = plan.orders[epoch]                                              # (C, L)
+        slots_e = torch.gather(plan.slots, 1, order)                            # this epoch's shuffle
+        labels_e = torch.gather(labels, 1, order)
+        items_e = torch.gather(plan.items, 1, order) if with_items else None
+        for lo in range(0, L, bs):
+            hi = min(lo + bs, L)
+            if ascending:
+                act = slice(bisect.bisect_right(lengths, lo), C)                # clients with L_c > lo
+                if act.start == C:
+                    continue
+            else:
+                act = torch.nonzero(plan.lengths > lo).flatten()                # (A,)
+                if act.numel() == 0:
+                    continue
+            yield (act, slots_e[act, lo:hi], labels_e[act, lo:hi], valid_all[act, lo:hi],
+                   weight_all[act, lo:hi], None if items_e is None else items_e[act, lo:hi])
 
 
 def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
@@ -79,8 +144,8 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
     writes the clients' private tensors back into ``state.private``.
 
     A mini-batch step touches only its active clients and the rows of its items: the gradient of
-    a row read by several samples is accumulated (``index_put_(accumulate=True)``), exactly as
-    autograd would accumulate it in a full-table copy.
+    a row read by several samples is accumulated (``_add_rows``), exactly as autograd would
+    accumulate it in a full-table copy.
     """
     spec = backbones.spec_of(state)
     device = state.joined.device
@@ -89,6 +154,7 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
     local, start = _local_copies(state, plan, spec)
     step_of = _step_sizes(spec, config, state)
     setup = state.fusion
+    closed_form = gradients.has_closed_form(state)      # inner-product backbones: no autograd graph
     if setup is not None:
         # FedMR's router reads the user's training items H_u: the first n_u samples of the plan
         P = int(plan.sizes.max())
@@ -97,25 +163,31 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
         pos_mask = torch.arange(P, device=device).unsqueeze(0) < plan.sizes.unsqueeze(1)  # (C, P)
     row_names = set(spec.tables) | (set(spec.private_tables) - set(spec.tuned_from))
     phases = spec.phases or (tuple(local),)
-    labels = plan.labels.to(state.dtype)                                        # (C, L)
     loss_sum = torch.zeros(C, dtype=torch.float64, device=device)
     batches_done = torch.zeros(C, dtype=torch.float64, device=device)
 
-    for _, idx, valid in plan.batches():
-        act = torch.nonzero(valid.any(dim=1)).flatten()                         # (A,) active clients
-        if act.numel() == 0:
-            continue
-        idx, valid = idx[act], valid[act]                                       # (A, B)
-        slots = torch.gather(plan.slots[act], 1, idx)                           # (A, B)
-        y = torch.gather(labels[act], 1, idx)                                   # (A, B)
-        m = valid.to(state.dtype)                                               # (A, B)
-        count = m.sum(1)                                                        # (A,) >= 1
+    for act, slots, y, valid, m_mean, batch_items in _mini_batches(plan, state.dtype, setup is not None):
         n_batch = slots.shape[1]
         if setup is not None:
             # rows read: the batch's items, then the user's training items (router input)
-            items = torch.cat([torch.gather(plan.items[act], 1, idx), pos_items[act]], 1)  # (A, B+P)
+            items = torch.cat([batch_items, pos_items[act]], 1)                 # (A, B+P)
             feats = {mod: f[items] for mod, f in setup.features.items()}        # (A, B+P, D_m)
             slots = torch.cat([slots, pos_slots[act]], 1)                       # (A, B+P)
+        if closed_form:
+            # the same loss and gradients, written out (gradients.py, G1-G3); the batch's rows are
+            # read once, and a later phase re-reads only what an earlier phase moved
+            view = _batch_view(local, row_names, act, slots, (), autograd=False)
+            for k, phase in enumerate(phases):
+                loss, grads = gradients.loss_and_grads(state.backbone, view, phase, y, m_mean, valid,
+                                                       t, config, with_loss=k == 0)
+                _sgd_step(local, row_names, act, slots, phase, grads, step_of)
+                if k == 0:
+                    loss_sum[act] += loss.double()
+                if k + 1 < len(phases):
+                    view.update(_batch_view({n: local[n] for n in phase}, row_names, act, slots, (),
+                                            autograd=False))
+            batches_done[act] += 1
+            continue
         for k, phase in enumerate(phases):
             leaves = _batch_view(local, row_names, act, slots, phase)
             if setup is None:
@@ -129,30 +201,36 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
                 logits = backbones.batched_logits(state.backbone, view, z)      # (A, B)
             # loss_c = mean over c's valid samples of BCE(sigma(s), y) (+ FedRAP's regulariser)
             bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-            loss = (bce * m).sum(1) / count                                     # (A,)
+            loss = (bce * m_mean).sum(1)                                        # (A,)
             reg = backbones.regulariser(state.backbone, view, valid, t, config)
             if reg is not None:
                 loss = loss + reg
             # one backward on sum_c loss_c: client c's tensors only receive client c's gradient
             # (allow_unused: a FedMR ablation without the ID input leaves the ID table unread)
             grads = torch.autograd.grad(loss.sum(), [leaves[name] for name in phase], allow_unused=True)
-            with torch.no_grad():
-                for name, g in zip(phase, grads):
-                    if g is None:
-                        continue
-                    # theta_c <- theta_c - lr * grad_c (rows: accumulated over repeated items)
-                    if name in row_names:
-                        local[name].index_put_((act.unsqueeze(1).expand_as(slots), slots),
-                                               -step_of(name) * g, accumulate=True)
-                    else:
-                        local[name].index_put_((act,), -step_of(name) * g, accumulate=True)
+            _sgd_step(local, row_names, act, slots, phase, grads, step_of)
             if k == 0:
-                loss_sum.index_put_((act,), loss.detach().double(), accumulate=True)
-        batches_done.index_put_((act,), torch.ones_like(act, dtype=torch.float64), accumulate=True)
+                loss_sum[act] += loss.detach().double()
+        batches_done[act] += 1
 
     uploads = _uploads(state, plan, local, start, spec, noise, noise_generator)
-    _write_private(state, plan, local, spec)
+    _write_private(state, plan, local, spec, t)
     return uploads, loss_sum / batches_done.clamp(min=1)
+
+
+@torch.no_grad()
+def _sgd_step(local, row_names, act, slots, phase, grads, step_of) -> None:
+    """theta_c <- theta_c - lr * grad_c for the active clients; a row's gradient is accumulated
+    over the batch's samples of the same item."""
+    for name, g in zip(phase, grads):
+        if g is None:
+            continue
+        if name in row_names:
+            _add_rows(local[name], slots, g, -step_of(name))
+        elif isinstance(act, slice):
+            local[name][act].add_(g, alpha=-step_of(name))
+        else:
+            local[name].index_add_(0, act, g, alpha=-step_of(name))   # act: distinct clients
 
 
 @torch.no_grad()
@@ -161,11 +239,11 @@ def _uploads(state, plan, local, start, spec, noise, noise_generator) -> UploadB
     batch = UploadBatch(sizes=plan.sizes.clone())
     for name in state.global_:
         # Delta_u = theta_u(start) - theta_u(end)
-        delta = start[name] - local[name].detach()                              # (C, R, d) or (C, ...)
+        delta = start[name] - local[name].detach()                              # (Q, d) or (C, ...)
         if name in spec.tables:
             batch.values[name] = delta
             batch.rows[name] = plan.rows.clone()
-            batch.row_mask[name] = plan.row_mask.clone()
+            batch.owners[name] = plan.row_owner.clone()
         else:
             batch.values[name] = delta
     if noise is not None and noise.active:
@@ -177,41 +255,40 @@ def _uploads(state, plan, local, start, spec, noise, noise_generator) -> UploadB
 def _add_noise(state, plan, batch, spec, noise, generator) -> None:
     """Every client uploads its FULL shared update plus noise (all n rows of every table)."""
     C = plan.n_clients
+    n_of = lambda name: state.global_[name].shape[0]                            # noqa: E731
     device = state.joined.device
     for name in spec.tables:
         n, d = state.global_[name].shape
         dense = torch.zeros(C, n, d, dtype=state.dtype, device=device)          # (C, n, d)
-        mask = batch.row_mask[name]
-        cl = torch.arange(C, device=device).unsqueeze(1).expand_as(mask)[mask]
-        dense[cl, batch.rows[name][mask]] = batch.values[name][mask]
-        batch.values[name] = dense
-        batch.rows[name] = torch.arange(n, device=device).expand(C, n).clone()
-        batch.row_mask[name] = torch.ones(C, n, dtype=torch.bool, device=device)
+        dense[batch.owners[name], batch.rows[name]] = batch.values[name]
+        batch.values[name] = dense.view(C * n, d)                               # rows of client after client
+        batch.rows[name] = torch.arange(n, device=device).repeat(C)             # (C n,)
+        batch.owners[name] = torch.arange(C, device=device).repeat_interleave(n)  # (C n,)
     # draws: client by client, tensor by tensor in sorted name order (the oracle does the same)
     for c in range(C):
         for name in sorted(state.global_):
             shape = tuple(state.global_[name].shape)
-            batch.values[name][c] += client_noise(shape, noise, generator, state.dtype).to(device)
+            mine = batch.values[name].view(C, n_of(name), -1)[c] if name in spec.tables \
+                else batch.values[name][c]
+            mine += client_noise(shape, noise, generator, state.dtype).to(device).view(mine.shape)
 
 
 @torch.no_grad()
-def _write_private(state, plan, local, spec) -> None:
+def _write_private(state, plan, local, spec, t: int) -> None:
     """Store the chunk's private tensors back into the stacked per-client storage."""
     clients = plan.clients
     for name in spec.private_vectors:
         state.private[name][clients] = local[name].detach()
-    mask = plan.row_mask                                                        # (C, R)
-    cl = clients.unsqueeze(1).expand_as(mask)[mask]                             # (rows,)
-    rr = plan.rows[mask]                                                        # (rows,)
+    cl, rr = clients[plan.row_owner], plan.rows                                 # (Q,) user, item
     for name in spec.private_tables:
         store = state.private[name]
         source = spec.tuned_from.get(name)
         if source is not None:
-            # PFedRec: E_u = the client's copy of E after training: E where untouched, tuned rows
-            store[clients] = state.global_[source].to(store.dtype)
-            store[cl, rr] = local[source].detach()[mask].to(store.dtype)
+            # PFedRec: E_u = the client's copy of E after training: the E it received (this
+            # round's snapshot, still state.global_ before aggregation) with its tuned rows
+            store.write(t, state.global_[source], clients, plan.row_owner, rr, local[source].detach())
         else:
-            store[cl, rr] = local[name].detach()[mask].to(store.dtype)
+            store[cl, rr] = local[name].detach().to(store.dtype)
     state.joined[clients] = True
 
 

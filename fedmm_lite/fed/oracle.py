@@ -147,8 +147,13 @@ def train_round(state, plans, config, t: int, noise: NoiseSpec | None = None,
             for name in spec.private_vectors:
                 state.private[name][u] = end[name]
             for name in spec.private_tables:
-                source = spec.tuned_from.get(name, name)
-                state.private[name][u] = end[source].to(state.private[name].dtype)
+                source = spec.tuned_from.get(name)
+                if source is None:
+                    state.private[name][u] = end[name].to(state.private[name].dtype)
+                else:
+                    # PFedRec's E_u: the E it started from, with the rows it trained (tuned.py)
+                    rows = torch.unique(plan.items[c, :int(plan.lengths[c])])
+                    state.private[name].write_one(t, start[source], u, rows, end[source][rows])
             state.joined[u] = True
     # theta <- theta - eta_s * (sum_u r_u Delta_u) / (sum_u r_u)
     state.global_ = {name: start_global[name] - server_lr * weighted[name] / total_weight

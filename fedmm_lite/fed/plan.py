@@ -11,9 +11,11 @@ exactly the same random draws and can be compared parameter by parameter. Per ro
    - one independent shuffle of the samples per local epoch;
    - mini-batches: position k of epoch e holds shuffled samples k*B .. (k+1)*B - 1. A client with
      fewer samples has a short or empty batch at that position (``valid`` mask): it must not move.
-   - the unique item rows each client touches (``rows``, ``row_mask``) and for every sample the slot
-     of its item among them (``slots``): a negative may repeat within a client, and gradients of
-     repeated items must land on ONE local row, as they would in a full-table copy.
+   - the unique item rows each client touches, stored flat for the whole chunk (``rows``, grouped
+     by client, ``row_owner`` says whose), and for every sample the index of its item's row among
+     them (``slots``): a negative may repeat within a client, and gradients of repeated items must
+     land on ONE local row, as they would in a full-table copy. Flat (ragged) rows mean a chunk of
+     a heavy client and many light ones costs its real rows, not clients x the heaviest's rows.
 """
 from __future__ import annotations
 
@@ -33,9 +35,9 @@ class ChunkPlan:
     items: torch.Tensor      # (C, L) item of each sample, padded with 0
     labels: torch.Tensor     # (C, L) 1 for positives, 0 for negatives and padding
     lengths: torch.Tensor    # (C,) samples per client, (1 + neg_ratio) * n_u
-    rows: torch.Tensor       # (C, R) unique items touched by each client, padded with 0
-    row_mask: torch.Tensor   # (C, R) bool, True for real rows
-    slots: torch.Tensor      # (C, L) index into ``rows`` of each sample's item
+    rows: torch.Tensor       # (Q,) the unique items each client touches, client after client
+    row_owner: torch.Tensor  # (Q,) position in ``clients`` of the client each row belongs to
+    slots: torch.Tensor      # (C, L) index into ``rows`` of each sample's item (0 for padding)
     orders: torch.Tensor     # (H, C, L) per-epoch shuffle: valid samples first, in random order
     batch_size: int
 
@@ -65,10 +67,40 @@ def sample_participants(n_users: int, ratio: float, generator: torch.Generator) 
     return torch.sort(torch.randperm(n_users, generator=generator)[:m]).values
 
 
-def chunks(participants: torch.Tensor, chunk_size: int):
-    """Consecutive slices of at most ``chunk_size`` participants."""
-    for lo in range(0, participants.shape[0], chunk_size):
-        yield participants[lo:lo + chunk_size]
+def chunks(participants: torch.Tensor, chunk_size: int, lengths: torch.Tensor | None = None,
+           max_samples: int | None = None, spread: float | None = None,
+           mix_above: float = float("inf")):
+    """Consecutive slices of at most ``chunk_size`` participants.
+
+    With ``lengths`` (samples per participant, ascending, same order) a slice also keeps
+    - (its clients) x (its longest client's samples) <= ``max_samples``: the size of the chunk's
+      padded (C, L) plan tensors (memory);
+    - its longest client <= ``spread`` x its shortest, unless the shortest already has
+      ``mix_above`` samples or more: a mini-batch position is as wide as its longest client
+      allows, so a client with 20 samples beside one with 60 would fill 2/3 of its batch with
+      padding. Once every client of a slice fills whole batches (``mix_above`` = the batch size),
+      padding is at most one partial batch per epoch and clients may mix freely: fewer, fuller
+      chunks mean fewer sequential mini-batch steps.
+    A chunk always takes at least one client."""
+    n = participants.shape[0]
+    if lengths is None:
+        for lo in range(0, n, chunk_size):
+            yield participants[lo:lo + chunk_size]
+        return
+    lengths = [int(x) for x in lengths]
+    lo = 0
+    for hi in range(1, n + 1):
+        if hi == n:
+            break
+        count, longest, shortest = hi - lo + 1, lengths[hi], lengths[lo]
+        full = (count > chunk_size
+                or (max_samples is not None and count * longest > max_samples)
+                or (spread is not None and shortest < mix_above and longest > spread * shortest))
+        if full:
+            yield participants[lo:hi]
+            lo = hi
+    if lo < n:
+        yield participants[lo:]
 
 
 def _ragged_positions(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,26 +140,22 @@ def make_plan(dataset, clients: torch.Tensor, sampler, neg_ratio: int, local_epo
     labels[pos_row, pos_within] = 1.0
     items[neg_row, sizes[neg_row] + neg_within] = neg_items
 
-    # unique touched rows per client: sorted unique keys (client, item)
+    # unique touched rows per client: sorted unique keys (client, item), kept flat
     s_row, s_within = _ragged_positions(lengths)                                       # valid samples
     keys = s_row * n_items + items[s_row, s_within]                                    # (S,)
     uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)               # (Q,), (S,)
-    u_row = uniq // n_items                                                            # (Q,)
-    counts = torch.bincount(u_row, minlength=C)                                        # (C,)
-    first = torch.cumsum(counts, 0) - counts
-    u_within = torch.arange(uniq.shape[0]) - first[u_row]                              # (Q,)
-    n_rows = int(counts.max()) if C else 0
-    rows = torch.zeros(C, n_rows, dtype=torch.long)                                    # (C, R)
-    row_mask = torch.zeros(C, n_rows, dtype=torch.bool)
-    rows[u_row, u_within] = uniq % n_items
-    row_mask[u_row, u_within] = True
+    rows = uniq % n_items                                                              # (Q,)
+    row_owner = uniq // n_items                                                        # (Q,)
     slots = torch.zeros(C, width, dtype=torch.long)                                    # (C, L)
-    slots[s_row, s_within] = u_within[inverse]
+    slots[s_row, s_within] = inverse
 
-    # one shuffle per epoch: random keys, padding pushed to the end
-    keys_e = torch.rand(local_epochs, C, width, generator=generator)                   # (H, C, L)
-    pad = torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)                     # (C, L)
-    keys_e[:, pad] = 2.0
-    orders = torch.argsort(keys_e, dim=-1, stable=True)                                # (H, C, L)
-    return ChunkPlan(clients, sizes, items, labels, lengths, rows, row_mask, slots, orders,
+    # one shuffle per epoch of each client's samples: sort the valid samples by (client, random
+    # key), drawn for the S valid samples only (not the padded C x L); padding stays at the end
+    orders = torch.arange(width).expand(local_epochs, C, width).clone()                # (H, C, L)
+    for epoch in range(local_epochs):
+        keys = s_row.to(torch.float64) + torch.rand(s_row.shape[0], generator=generator,
+                                                    dtype=torch.float64)               # (S,)
+        perm = torch.argsort(keys)                                                     # client by client
+        orders[epoch, s_row, s_within] = s_within[perm]
+    return ChunkPlan(clients, sizes, items, labels, lengths, rows, row_owner, slots, orders,
                      int(batch_size))

@@ -32,14 +32,15 @@ RULES = ("data_size", "uniform")
 class UploadBatch:
     """The uploads of C clients: named shared-tensor updates and training-set sizes, nothing else.
 
-    ``values[name]`` is (C, R, d) for an item table, with ``rows[name]`` (C, R) item indices and
-    ``row_mask[name]`` (C, R) (False = padding); it is (C, ...) for a small module (no rows entry).
+    ``values[name]`` is (Q, d) for an item table: Q rows, the rows of client after client, with
+    ``rows[name]`` (Q,) their item indices and ``owners[name]`` (Q,) the position (0..C-1) of the
+    client each row came from; it is (C, ...) for a small module (no rows entry).
     """
 
     sizes: torch.Tensor                                    # (C,) training-set sizes n_u
-    values: dict = field(default_factory=dict)             # name -> (C, R, d) or (C, ...)
-    rows: dict = field(default_factory=dict)               # name -> (C, R) long
-    row_mask: dict = field(default_factory=dict)           # name -> (C, R) bool
+    values: dict = field(default_factory=dict)             # name -> (Q, d) or (C, ...)
+    rows: dict = field(default_factory=dict)               # name -> (Q,) long, item of each row
+    owners: dict = field(default_factory=dict)             # name -> (Q,) long, client of each row
 
     @property
     def n_clients(self) -> int:
@@ -92,14 +93,13 @@ class Aggregator:
         self.clients += batch.n_clients
         for name, value in batch.values.items():
             buf = self.buffers[name]
-            rw = r.to(value.dtype).view((-1,) + (1,) * (value.dim() - 1))      # (C, 1, ...)
             if name in batch.rows:
-                mask = batch.row_mask[name]                                      # (C, R)
-                # buffer[i] += r_u Delta_u[i] for every real row i of every client u
+                rw = r.to(value.dtype)[batch.owners[name]].unsqueeze(1)         # (Q, 1)
+                # buffer[i] += r_u Delta_u[i] for every row i of every client u
                 # (index_put_ with accumulate: deterministic on CUDA too, unlike index_add_)
-                buf.index_put_((batch.rows[name][mask],), (rw * value)[mask].to(buf.dtype),
-                               accumulate=True)
+                buf.index_put_((batch.rows[name],), (rw * value).to(buf.dtype), accumulate=True)
             else:
+                rw = r.to(value.dtype).view((-1,) + (1,) * (value.dim() - 1))  # (C, 1, ...)
                 buf += (rw * value).sum(0).to(buf.dtype)
 
     def mean_update(self) -> dict:

@@ -1,0 +1,98 @@
+"""Closed-form mini-batch gradients of the matrix-factorisation backbones, for the batched engine.
+
+FedAvg, FCF, PFedRec and FedRAP all score with an inner product (algorithms.md section 2):
+
+    s_ui = u . x_i + b_u      u = p_u (FedAvg, FCF) or w_u (PFedRec, FedRAP),
+                              x_i = Q[i], E[i], or D_u[i] + C[i] (FedRAP)
+
+and train on the mean binary cross-entropy over a client's valid samples of the batch,
+L_u = (1 / n_B) sum_b m_b BCE(sigma(s_b), y_b). Its derivative in the logit is the classic
+
+    g_b = dL_u / ds_b = m_b (sigma(s_b) - y_b) / n_B                                      (G1)
+
+so, by the chain rule through the inner product,
+
+    dL/du = sum_b g_b x_b,   dL/db_u = sum_b g_b,   dL/dx_b = g_b u   (one row per sample)  (G2)
+
+and FedRAP's regulariser R_u (``backbones.regulariser``), with delta = D_u[i] - C[i], adds
+
+    dR/dD_u[i] = -lambda_t 2 delta [delta^2 < tau] m_b / n_R,
+    dR/dC[i]   = +lambda_t 2 delta [delta^2 < tau] m_b / n_R + mu_t sign(C[i]) m_b / n_R   (G3)
+
+(n_R = d * number of valid rows; the clip's gradient is 0 at and beyond tau, as autograd's).
+
+Written out, a step is a handful of batched products instead of an autograd graph per mini-batch
+position: that overhead, not arithmetic, dominates the engine on small batches. The per-client loop
+oracle keeps autograd, so the equivalence tests check these formulas against an independent
+computation; ``tests/test_fed_gradients.py`` also compares them with autograd directly.
+FedNCF (a tower) and FedMR (fusion modules) keep autograd in the engine.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backbones import fedrap_weights
+
+# backbone -> (user vector, item tables whose rows sum to x_i)
+INNER_PRODUCT = {"fedavg": ("p", ("Q",)), "fcf": ("p", ("Q",)),
+                 "pfedrec": ("w", ("E",)), "fedrap": ("w", ("D", "C"))}
+
+
+def has_closed_form(state) -> bool:
+    """True when the engine may use these formulas: an inner-product backbone without FedMR."""
+    return state.fusion is None and state.backbone in INNER_PRODUCT
+
+
+def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.Tensor,
+                   valid: torch.Tensor, t: int, config, with_loss: bool = True):
+    """Per-client loss (A,) and the gradients of sum_c loss_c with respect to ``names``.
+
+    ``view``: item-table rows of the batch (A, B, d), user vectors (A, d), biases (A,);
+    ``y`` (A, B) labels; ``m`` (A, B) the valid mask (``valid``, bool) divided by each client's
+    number of valid samples n_B, so that sum_b m_b BCE_b is the mean. Returns ``(loss or None, [grad of each
+    name])``, the same values autograd gives; ``with_loss=False`` skips computing the loss.
+    """
+    user, tables = INNER_PRODUCT[backbone]
+    u = view[user]                                                               # (A, d)
+    x = view[tables[0]] if len(tables) == 1 else view[tables[0]] + view[tables[1]]  # (A, B, d)
+    s = (x * u.unsqueeze(1)).sum(2) + view["b"].unsqueeze(1)                    # (A, B)
+    loss = None
+    if with_loss:
+        loss = (F.binary_cross_entropy_with_logits(s, y, reduction="none") * m).sum(1)
+    g = (torch.sigmoid(s) - y) * m                                              # (G1) (A, B)
+    grads = {}
+    if user in names:
+        grads[user] = torch.bmm(g.unsqueeze(1), x).squeeze(1)                    # (G2) (A, d)
+    if "b" in names:
+        grads["b"] = g.sum(1)                                                    # (G2) (A,)
+    row_grad = None
+    if any(name in names for name in tables):
+        row_grad = g.unsqueeze(2) * u.unsqueeze(1)                               # (G2) (A, B, d)
+    for name in tables:
+        if name in names:
+            grads[name] = row_grad
+    if backbone == "fedrap":
+        reg = _fedrap_regulariser(view, names, valid, t, config, grads)
+        loss = None if loss is None else loss + reg
+    return loss, [grads.get(name) for name in names]
+
+
+def _fedrap_regulariser(view, names, valid, t, config, grads) -> torch.Tensor:
+    """FedRAP's R_u (A,) (``backbones.regulariser``); adds (G3) to ``grads`` in place."""
+    lam, mu = fedrap_weights(t, config)
+    d_rows, c_rows = view["D"], view["C"]                                       # (A, B, d)
+    m = valid.to(d_rows.dtype).unsqueeze(-1)                                    # (A, B, 1)
+    n_r = (m.sum(dim=(1, 2)) * d_rows.shape[-1]).clamp(min=1)                   # (A,)
+    delta = d_rows - c_rows
+    sq = delta ** 2
+    inside = (sq < config.fedrap_bound).to(delta.dtype)                         # clip gradient mask
+    scale = (m / n_r.view(-1, 1, 1))                                            # (A, B, 1)
+    reg = (-lam * (torch.clamp(sq, max=config.fedrap_bound) * m).sum(dim=(1, 2))
+           + mu * (c_rows.abs() * m).sum(dim=(1, 2))) / n_r
+    pull = 2 * lam * delta * inside * scale                                     # (G3)
+    if "D" in names:
+        grads["D"] = grads["D"] - pull
+    if "C" in names:
+        grads["C"] = grads["C"] + pull + mu * torch.sign(c_rows) * scale
+    return reg
