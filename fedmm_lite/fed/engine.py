@@ -29,17 +29,21 @@ import torch
 import torch.nn.functional as F
 
 from . import backbones, fusion, gradients
+from .kernel_maps import KernelMaps
 from .privacy import NoiseSpec, client_noise
 from .server import Aggregator, UploadBatch, apply_update
 
 
-def _local_copies(state, plan, spec):
-    """The chunk's local models, (C, ...) or (Q, d) for item tables, and the start of the shared ones."""
+def _local_copies(state, plan, spec, skip=()):
+    """The chunk's local models, (C, ...) or (Q, d) for item tables, and the start of the shared
+    ones (``skip``: global tensors held another way, FedMR's kernel-mapped A_m)."""
     C = plan.n_clients
     dt = state.dtype
     clients = plan.clients                                                      # (C,)
     local = {}
     for name, value in state.global_.items():
+        if name in skip:
+            continue
         if name in spec.tables:
             local[name] = value.index_select(0, plan.rows)                      # (Q, d)
         else:
@@ -49,7 +53,7 @@ def _local_copies(state, plan, spec):
     for name in spec.private_tables:
         if name not in spec.tuned_from:                                         # trained directly (D_u)
             local[name] = state.private[name][clients[plan.row_owner], plan.rows].to(dt)  # (Q, d)
-    start = {name: local[name].clone() for name in state.global_}
+    start = {name: local[name].clone() for name in state.global_ if name in local}
     return local, start
 
 
@@ -75,8 +79,9 @@ def _batch_view(local, row_names, act, flat, phase, autograd=True):
         else:
             v = value[act]                          # (A, ...): a view for a slice, a copy for indices
         if autograd and name in phase:
-            # a fresh leaf; a view of ``local`` would be moved by the in-place SGD step under autograd
-            v = (v.clone() if isinstance(act, slice) else v).requires_grad_(True)
+            # a fresh leaf (a detached view when ``act`` is a slice: its gradient is taken before
+            # the in-place SGD step moves it)
+            v = v.detach().requires_grad_(True)
         view[name] = v
     return view
 
@@ -98,15 +103,15 @@ def _add_rows(table, flat, values, alpha: float) -> None:
         table.index_add_(0, idx, values, alpha=alpha)
 
 
-def _mini_batches(plan, dtype, with_items: bool):
-    """The chunk's mini-batch positions, epoch by epoch: ``(act, slots, y, valid, weight, items)``.
+def _mini_batches(plan, dtype):
+    """The chunk's mini-batch positions, epoch by epoch: ``(act, slots, y, valid, weight)``.
 
     ``act`` the clients with a sample at this position (a slice when the chunk's clients come in
     ascending order of sample count, as rounds build them: the active ones are then a suffix and
     every tensor below is a view, not a gathered copy); for them, (A, B): ``slots`` the sample's
     row among the chunk's rows, ``y`` its label, ``valid`` False on padding, ``weight`` 1 / n_B on
     valid samples (n_B = the client's samples in this batch: sum_b weight_b BCE_b is its mean
-    loss), ``items`` the item ids (FedMR only, else None).
+    loss).
     """
     C, L = plan.items.shape
     bs = plan.batch_size
@@ -123,7 +128,6 @@ def _mini_batches(plan, dtype, with_items: bool):
         order = plan.orders[epoch]                                              # (C, L)
         slots_e = torch.gather(plan.slots, 1, order)                            # this epoch's shuffle
         labels_e = torch.gather(labels, 1, order)
-        items_e = torch.gather(plan.items, 1, order) if with_items else None
         for lo in range(0, L, bs):
             hi = min(lo + bs, L)
             if ascending:
@@ -135,7 +139,7 @@ def _mini_batches(plan, dtype, with_items: bool):
                 if act.numel() == 0:
                     continue
             yield (act, slots_e[act, lo:hi], labels_e[act, lo:hi], valid_all[act, lo:hi],
-                   weight_all[act, lo:hi], None if items_e is None else items_e[act, lo:hi])
+                   weight_all[act, lo:hi])
 
 
 def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
@@ -151,27 +155,29 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
     device = state.joined.device
     plan = plan.to(device)
     C = plan.n_clients
-    local, start = _local_copies(state, plan, spec)
-    step_of = _step_sizes(spec, config, state)
     setup = state.fusion
+    kernel = None
+    if setup is not None and setup.features:
+        # FedMR's feature mappings A_m as per-client coefficients over the client's rows
+        kernel = KernelMaps(setup.features, state.global_, plan, tuple(setup.features))
+    kernel_names = {f"A_{m}": m for m in (kernel.base if kernel is not None else ())}
+    local, start = _local_copies(state, plan, spec, skip=kernel_names)
+    step_of = _step_sizes(spec, config, state)
     closed_form = gradients.has_closed_form(state)      # inner-product backbones: no autograd graph
     if setup is not None:
         # FedMR's router reads the user's training items H_u: the first n_u samples of the plan
         P = int(plan.sizes.max())
         pos_slots = plan.slots[:, :P]                                           # (C, P)
-        pos_items = plan.items[:, :P]                                           # (C, P)
         pos_mask = torch.arange(P, device=device).unsqueeze(0) < plan.sizes.unsqueeze(1)  # (C, P)
     row_names = set(spec.tables) | (set(spec.private_tables) - set(spec.tuned_from))
-    phases = spec.phases or (tuple(local),)
+    phases = spec.phases or (tuple(local) + tuple(kernel_names),)
     loss_sum = torch.zeros(C, dtype=torch.float64, device=device)
     batches_done = torch.zeros(C, dtype=torch.float64, device=device)
 
-    for act, slots, y, valid, m_mean, batch_items in _mini_batches(plan, state.dtype, setup is not None):
+    for act, slots, y, valid, m_mean in _mini_batches(plan, state.dtype):
         n_batch = slots.shape[1]
         if setup is not None:
             # rows read: the batch's items, then the user's training items (router input)
-            items = torch.cat([batch_items, pos_items[act]], 1)                 # (A, B+P)
-            feats = {mod: f[items] for mod, f in setup.features.items()}        # (A, B+P, D_m)
             slots = torch.cat([slots, pos_slots[act]], 1)                       # (A, B+P)
         if closed_form:
             # the same loss and gradients, written out (gradients.py, G1-G3); the batch's rows are
@@ -190,13 +196,17 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
             continue
         for k, phase in enumerate(phases):
             leaves = _batch_view(local, row_names, act, slots, phase)
+            mapped = {}
             if setup is None:
                 view = leaves
                 logits = backbones.batched_logits(state.backbone, view)         # (A, B)
             else:
+                # FedMR Eq. (1) for the features: h_m of the batch's and the history's rows
+                for name, mod in kernel_names.items():
+                    mapped[mod] = kernel.mapped(mod, act, slots).requires_grad_(name in phase)
                 # FedMR: z_i = sum_k pi_u,k s_k(i) replaces the item embedding (fusion.py)
-                z, _ = fusion.fuse(setup, leaves, backbones.id_rows(state.backbone, leaves), feats,
-                                   n_batch, pos_mask[act])
+                z, _ = fusion.fuse(setup, leaves, backbones.id_rows(state.backbone, leaves), {},
+                                   n_batch, pos_mask[act], mapped)
                 view = {name: (v[:, :n_batch] if name in row_names else v) for name, v in leaves.items()}
                 logits = backbones.batched_logits(state.backbone, view, z)      # (A, B)
             # loss_c = mean over c's valid samples of BCE(sigma(s), y) (+ FedRAP's regulariser)
@@ -207,13 +217,22 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
                 loss = loss + reg
             # one backward on sum_c loss_c: client c's tensors only receive client c's gradient
             # (allow_unused: a FedMR ablation without the ID input leaves the ID table unread)
-            grads = torch.autograd.grad(loss.sum(), [leaves[name] for name in phase], allow_unused=True)
-            _sgd_step(local, row_names, act, slots, phase, grads, step_of)
+            trained = [name for name in phase if name not in kernel_names]
+            mapped_trained = [name for name in phase if name in kernel_names]
+            grads = torch.autograd.grad(
+                loss.sum(), [leaves[name] for name in trained] + [mapped[kernel_names[name]]
+                                                                  for name in mapped_trained],
+                allow_unused=True)
+            _sgd_step(local, row_names, act, slots, trained, grads[:len(trained)], step_of)
+            for name, delta in zip(mapped_trained, grads[len(trained):]):
+                if delta is not None:
+                    # dL/dh_m -> the client's coefficients (kernel_maps.py)
+                    kernel.step(kernel_names[name], act, slots, delta, step_of(name))
             if k == 0:
                 loss_sum[act] += loss.detach().double()
         batches_done[act] += 1
 
-    uploads = _uploads(state, plan, local, start, spec, noise, noise_generator)
+    uploads = _uploads(state, plan, local, start, spec, noise, noise_generator, kernel, kernel_names)
     _write_private(state, plan, local, spec, t)
     return uploads, loss_sum / batches_done.clamp(min=1)
 
@@ -234,10 +253,14 @@ def _sgd_step(local, row_names, act, slots, phase, grads, step_of) -> None:
 
 
 @torch.no_grad()
-def _uploads(state, plan, local, start, spec, noise, noise_generator) -> UploadBatch:
+def _uploads(state, plan, local, start, spec, noise, noise_generator, kernel=None,
+             kernel_names=None) -> UploadBatch:
     """Delta_u = start - end for every shared tensor; row-sparse, or dense + noise."""
     batch = UploadBatch(sizes=plan.sizes.clone())
     for name in state.global_:
+        if kernel_names and name in kernel_names:
+            batch.values[name] = kernel.uploads(kernel_names[name])             # (C, d, D_m)
+            continue
         # Delta_u = theta_u(start) - theta_u(end)
         delta = start[name] - local[name].detach()                              # (Q, d) or (C, ...)
         if name in spec.tables:

@@ -133,10 +133,15 @@ def _apply(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return x @ W.transpose(-1, -2)
 
 
-def map_inputs(params: dict, id_rows: torch.Tensor | None, feats: dict, modalities) -> dict:
-    """FedMR Eq. (1): h_m = A_m x_m for every used modality; rows (..., L, D_m) -> (..., L, d)."""
+def map_inputs(params: dict, id_rows: torch.Tensor | None, feats: dict, modalities,
+               mapped: dict | None = None) -> dict:
+    """FedMR Eq. (1): h_m = A_m x_m for every used modality; rows (..., L, D_m) -> (..., L, d).
+    ``mapped`` modality -> h_m already computed (the batched engine's kernel_maps.py)."""
     h = {}
     for m in modalities:
+        if mapped and m in mapped:
+            h[m] = mapped[m]
+            continue
         x = id_rows if m == "id" else feats[m]
         # h_m = A_m x_m
         h[m] = _apply(x, params[f"A_{m}"])
@@ -193,16 +198,17 @@ def mix(S: torch.Tensor, pi: torch.Tensor | None) -> torch.Tensor:
 
 
 def fuse(setup: FusionSetup, params: dict, id_rows: dict, feats: dict, n_batch: int,
-         pos_mask: torch.Tensor):
+         pos_mask: torch.Tensor, mapped: dict | None = None):
     """Personalised item representations of a mini-batch, per ID branch.
 
     ``id_rows`` branch -> (..., n_batch + P, d): the batch's ID vectors, then those of the
     user's training items H_u (``pos_mask`` (..., P) marks the real ones); ``feats`` the matching
-    feature rows. Returns (branch -> z (..., n_batch, d), pi (..., K) or None). With two ID
+    feature rows (or ``mapped``: modality -> h_m (..., n_batch + P, d), already mapped).
+    Returns (branch -> z (..., n_batch, d), pi (..., K) or None). With two ID
     branches (FedNCF: GMF and MLP tables) the modules and the router are shared and the router's
     input is the mean over both branches of Eq. (5)'s summary.
     """
-    S = {b: strategy_outputs(params, map_inputs(params, rows, feats, setup.modalities),
+    S = {b: strategy_outputs(params, map_inputs(params, rows, feats, setup.modalities, mapped),
                              setup.strategies, setup.modalities) for b, rows in id_rows.items()}
     pi = None
     if setup.routed:
