@@ -55,7 +55,10 @@ def run_all(args) -> None:
     out = Path(args.out) / args.data
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    wanted = set(args.labels.split(",")) if args.labels else None
     for group, label, extra in configurations(set(args.only.split(","))):
+        if wanted is not None and label not in wanted:
+            continue
         path = out / f"{label}-r{args.rounds}.json"
         if path.exists():
             print(f"[fedmr_results] {label}: done already ({path})", file=sys.stderr)
@@ -118,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default="main,strategy,modality,noise")
+    p.add_argument("--labels", default="", help="comma list: run only these configurations")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "fedmr"))
     p.add_argument("--table", action="store_true", help="print the tables from the JSON files")
     args = p.parse_args(argv)
