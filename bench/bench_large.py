@@ -36,7 +36,7 @@ from fedmm_lite.config import resolve_device                  # noqa: E402
 from fedmm_lite.data import NegativeSampler, load_dataset     # noqa: E402
 from fedmm_lite.fed import backbones, engine                  # noqa: E402
 from fedmm_lite.fed.config import default_config              # noqa: E402
-from fedmm_lite.fed.plan import chunks, make_plan, sample_participants  # noqa: E402
+from fedmm_lite.fed.loop import plan_round                 # noqa: E402
 from fedmm_lite.fed.privacy import parse_noise                # noqa: E402
 from fedmm_lite.metrics import evaluate                       # noqa: E402
 from fedmm_lite.resources import PeakMemory                   # noqa: E402
@@ -45,24 +45,20 @@ from fedmm_lite.resources import PeakMemory                   # noqa: E402
 def train_rounds(dataset, config, device: torch.device) -> tuple[list[float], object]:
     """Train ``config.rounds`` rounds with the batched engine, timing each; no evaluation.
 
-    Mirrors the round loop of ``fed.loop.run_federated`` (same generators, participants sorted
-    by size into chunks, lazily drawn plans), without its full-ranking evaluations, which on
+    The round loop of ``fed.loop.run_federated`` (same generators, same ``plan_round``),
+    without its full-ranking evaluations, which on
     world-large cost more than the training and are timed apart (``time_evaluation``)."""
     generator = torch.Generator().manual_seed(config.seed)
     noise_generator = torch.Generator().manual_seed(config.seed + 1_000_003)
     state = backbones.init_state(config.backbone, dataset.n_users, dataset.n_items, config,
-                                 generator, device)
+                                 generator, device, dataset=dataset)
     sampler = NegativeSampler(dataset, "cpu")
     sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)  # (U,)
     noise = parse_noise(config.noise)
     seconds = []
     for t in range(1, config.rounds + 1):
         start = time.perf_counter()
-        participants = sample_participants(dataset.n_users, config.sample_ratio, generator)
-        participants = participants[torch.argsort(sizes[participants], stable=True)]
-        plans = (make_plan(dataset, chunk, sampler, config.neg_ratio, config.local_epochs,
-                           config.batch_size, generator)
-                 for chunk in chunks(participants, config.chunk_size))
+        _, plans = plan_round(dataset, config, generator, sampler, sizes)
         engine.train_round(state, plans, config, t, noise, noise_generator)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -1,7 +1,6 @@
 """Invariants of the federation (algorithms.md section 8: items 1, 4, 5, 7, 8, 13; section 1)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np

@@ -122,6 +122,22 @@ def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResul
 CHUNK_SPREAD = 2.0      # the longest client of a chunk has at most twice the samples of its shortest
 
 
+def plan_round(dataset, config: FedConfig, generator: torch.Generator, sampler, sizes: torch.Tensor):
+    """One round's participants (sorted by training-set size) and their chunk plans, drawn lazily.
+
+    Chunks hold clients of similar size (``plan.chunks``); FedMR also pads every client's history
+    H_u to the longest of its chunk, so its clients never mix freely."""
+    participants = sample_participants(dataset.n_users, config.sample_ratio, generator)
+    participants = participants[torch.argsort(sizes[participants], stable=True)]
+    mix_above = float("inf") if config.method == "fedmr" else config.batch_size
+    plans = (make_plan(dataset, chunk, sampler, config.neg_ratio, config.local_epochs,
+                       config.batch_size, generator)
+             for chunk in chunks(participants, config.chunk_size,
+                                 sizes[participants] * (1 + config.neg_ratio), config.chunk_samples,
+                                 spread=CHUNK_SPREAD, mix_above=mix_above))
+    return participants, plans
+
+
 def _run(dataset, config: FedConfig, device: torch.device, progress: bool) -> RunResult:
     t0 = time.perf_counter()
     result = RunResult(config=config)
@@ -155,20 +171,10 @@ def _run(dataset, config: FedConfig, device: torch.device, progress: bool) -> Ru
                                    seconds=time.perf_counter() - t0))
 
     sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)   # (U,)
-    # chunks of clients of similar size (plan.chunks); FedMR also pads every client's history H_u
-    # to the longest of its chunk, so its clients never mix freely
-    mix_above = float("inf") if config.method == "fedmr" else config.batch_size
     record(0, None)
     bar = _progress(config.rounds, progress, f"{config.backbone} rounds")
     for t in range(1, config.rounds + 1):
-        participants = sample_participants(dataset.n_users, config.sample_ratio, generator)
-        # chunks of similar-sized clients waste less padding (the order changes no client's result)
-        participants = participants[torch.argsort(sizes[participants], stable=True)]
-        plans = (make_plan(dataset, chunk, sampler, config.neg_ratio, config.local_epochs,
-                           config.batch_size, generator)
-                 for chunk in chunks(participants, config.chunk_size,
-                                     sizes[participants] * (1 + config.neg_ratio), config.chunk_samples,
-                                     spread=CHUNK_SPREAD, mix_above=mix_above))
+        participants, plans = plan_round(dataset, config, generator, sampler, sizes)
         loss = trainer.train_round(state, plans, config, t, noise, noise_generator)
         if not np.isfinite(loss):
             raise FloatingPointError(f"round {t}: training loss is {loss} for backbone "
