@@ -277,3 +277,15 @@ def test_default_config_quick_mode_and_overrides(monkeypatch):
         default_config("svd")
     with pytest.raises(OptionError, match="unknown"):
         default_config("fedavg", learning_rate=0.1)
+
+
+def test_engines_one_user_apart_still_agree():
+    """compare_metrics allows one user's hit (1 / U), float rounding of k / U included."""
+    from fedmm_lite.fed.commands import compare_metrics
+    U = 1200
+    a = {"valid": {"hr@50": 0.0}, "test": {"hr@50": 263 / U}}
+    b = {"valid": {"hr@50": 0.0}, "test": {"hr@50": 262 / U}}
+    assert abs(a["test"]["hr@50"] - b["test"]["hr@50"]) > 1 / U           # the float case that failed
+    assert compare_metrics(a, b, U)["metrics_agree"]
+    b["test"]["hr@50"] = 261 / U
+    assert not compare_metrics(a, b, U)["metrics_agree"]
