@@ -17,9 +17,11 @@ design.md, "The engine". For a chunk of C clients and its ``ChunkPlan``:
 For SGD this equals a sequential loop over clients with full model copies (``oracle.py``): a row a
 client does not touch gets zero gradient there, and repeated items share one local row here.
 
-FedMR (``state.fusion``, fusion.py): the fusion modules are small global modules (one copy per
-client), the routers private vectors; a mini-batch reads the rows of its items AND of the user's
-training items H_u (the router's input), with the frozen feature rows of the same items.
+FedMR (``state.fusion``, fusion.py): the ID mapping and the strategy modules are small global
+modules (one copy per client), the routers private vectors; the feature mappings A_v, A_t are held
+as per-client coefficients over the client's own rows (kernel_maps.py: no (d, D_m) copy per
+client); a mini-batch reads the rows of its items AND of the user's training items H_u (the
+router's input).
 """
 from __future__ import annotations
 
