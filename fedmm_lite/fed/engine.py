@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import backbones, fusion, gradients
 from .kernel_maps import KernelMaps
 from .privacy import NoiseSpec, client_noise
+from .rows import add_rows, gather_rows
 from .server import Aggregator, UploadBatch, apply_update
 
 
@@ -69,15 +70,15 @@ def _step_sizes(spec, config, state=None):
     return lambda name: item_lr if name in spec.tables else (fusion_lr if name in modules else lr)
 
 
-def _batch_view(local, row_names, act, flat, phase, autograd=True):
+def _batch_view(local, row_names, act, slots, phase, autograd=True):
     """The tensors one mini-batch reads, for the active clients ``act`` (A,): item tables as the
-    rows of the batch's items (A, B, d) (``flat`` (A, B): index into the chunk's Q rows),
+    rows of the batch's items (A, B, d) (``slots`` (A, B): index into the chunk's Q rows),
     everything else as the clients' copies (A, ...). With ``autograd``, the tensors of ``phase``
     are fresh leaves that receive the gradient."""
     view = {}
     for name, value in local.items():
         if name in row_names:
-            v = _gather_rows(value, flat)                                       # (A, B, d)
+            v = gather_rows(value, slots)                                       # (A, B, d)
         else:
             v = value[act]                          # (A, ...): a view for a slice, a copy for indices
         if autograd and name in phase:
@@ -86,23 +87,6 @@ def _batch_view(local, row_names, act, flat, phase, autograd=True):
             v = v.detach().requires_grad_(True)
         view[name] = v
     return view
-
-
-def _gather_rows(table, flat):
-    """Rows ``flat`` (A, B) of a chunk table (Q, d): (A, B, d). (``index_select`` on a flat table
-    is several times faster on CPU than 2-D fancy indexing of a padded (C, R, d) one.)"""
-    return table.index_select(0, flat.reshape(-1)).view(flat.shape + table.shape[1:])
-
-
-def _add_rows(table, flat, values, alpha: float) -> None:
-    """table[flat[a, b]] += alpha * values[a, b] for a (Q, d) ``table``, accumulating repeats.
-    CPU: ``index_add_`` (serial, deterministic); CUDA: ``index_put_(accumulate=True)``, which is
-    deterministic there where ``index_add_``'s atomics are not."""
-    idx, values = flat.reshape(-1), values.reshape(-1, table.shape[-1])
-    if table.is_cuda:
-        table.index_put_((idx,), alpha * values, accumulate=True)
-    else:
-        table.index_add_(0, idx, values, alpha=alpha)
 
 
 def _mini_batches(plan, dtype):
@@ -150,7 +134,7 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
     writes the clients' private tensors back into ``state.private``.
 
     A mini-batch step touches only its active clients and the rows of its items: the gradient of
-    a row read by several samples is accumulated (``_add_rows``), exactly as autograd would
+    a row read by several samples is accumulated (``rows.add_rows``), exactly as autograd would
     accumulate it in a full-table copy.
     """
     spec = backbones.spec_of(state)
@@ -247,7 +231,7 @@ def _sgd_step(local, row_names, act, slots, phase, grads, step_of) -> None:
         if g is None:
             continue
         if name in row_names:
-            _add_rows(local[name], slots, g, -step_of(name))
+            add_rows(local[name], slots, g, -step_of(name))
         elif isinstance(act, slice):
             local[name][act].add_(g, alpha=-step_of(name))
         else:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from .rows import add_rows
+
 
 class KernelMaps:
     """The mapping layers A_m of feature modalities for one chunk, as per-client coefficients."""
@@ -62,12 +64,7 @@ class KernelMaps:
         """A_m,u <- A_m,u - lr sum_b delta_b F[i_b]^T, i.e. c_(i_b) -= lr delta_b (repeats add up)."""
         clients = self._clients(act)                                             # (A,)
         index = clients.unsqueeze(1) * self.R + self.position[slots]             # (A, L)
-        flat = self.coef[m].view(-1, self.coef[m].shape[-1])                     # (C R, d)
-        values = delta.reshape(-1, flat.shape[-1])
-        if flat.is_cuda:
-            flat.index_put_((index.reshape(-1),), -lr * values, accumulate=True)
-        else:
-            flat.index_add_(0, index.reshape(-1), values, alpha=-lr)
+        add_rows(self.coef[m].view(-1, self.coef[m].shape[-1]), index, delta, -lr)  # (C R, d)
 
     @torch.no_grad()
     def uploads(self, m: str) -> torch.Tensor:

@@ -45,17 +45,6 @@ class ChunkPlan:
     def n_clients(self) -> int:
         return int(self.clients.shape[0])
 
-    def batches(self):
-        """Yield ``(epoch, idx (C, B), valid (C, B))``: sample indices of each mini-batch position."""
-        n_epochs, _, width = self.orders.shape
-        bs = self.batch_size
-        for epoch in range(n_epochs):
-            for start in range(0, width, bs):
-                idx = self.orders[epoch, :, start:start + bs]                        # (C, B)
-                position = start + torch.arange(idx.shape[1])                         # (B,)
-                valid = position.unsqueeze(0) < self.lengths.unsqueeze(1)             # (C, B)
-                yield epoch, idx, valid
-
     def to(self, device) -> "ChunkPlan":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         return ChunkPlan(**moved)
