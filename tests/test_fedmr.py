@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fedmm_lite.data import NegativeSampler
-from fedmm_lite.fed import backbones, engine, fusion, oracle, run_federated
+from fedmm_lite.fed import backbones, engine, feature_maps, fusion, oracle, run_federated
 from fedmm_lite.fed.plan import make_plan
 
 from test_fed_equivalence import assert_same_run, small_config, tiny_dataset
@@ -56,9 +56,17 @@ def one_round(state, data, config, users, t=1, gen=None):
 
 # --- the batched engine equals the per-client loop ----------------------------------------------
 
+@pytest.fixture(params=["kernel", "explicit"])
+def map_form(request, monkeypatch):
+    """Force one of the two exact forms of the clients' feature mappings (fed/feature_maps.py)."""
+    bound = float("inf") if request.param == "kernel" else 0.0
+    monkeypatch.setattr(feature_maps, "KERNEL_MAX_ROWS_PER_FEATURE", bound)
+    return request.param
+
+
 @pytest.mark.parametrize("backbone", TRAINED)
-def test_fedmr_batched_engine_equals_per_client_loop(backbone):
-    """beta = 0.6 < 1, H = 2 > 1, chunks of 3 < 9 participants, float64."""
+def test_fedmr_batched_engine_equals_per_client_loop(backbone, map_form):
+    """beta = 0.6 < 1, H = 2 > 1, chunks of 3 < 9 participants, float64; each form of A_m,u."""
     data = mm_dataset()
     config = mr_config(backbone)
     batched = run_federated(data, config, progress=False)
@@ -74,7 +82,7 @@ def test_fedmr_batched_engine_equals_per_client_loop(backbone):
                                                  ("gate", ("text", "image")),
                                                  ("mix", ("id", "image")),
                                                  ("mlp", ("id", "text"))])
-def test_fedmr_ablations_equal_per_client_loop(strategy, modalities):
+def test_fedmr_ablations_equal_per_client_loop(strategy, modalities, map_form):
     data = mm_dataset(seed=1)
     config = mr_config("pfedrec", strategy=strategy, modalities=modalities, rounds=2)
     batched = run_federated(data, config, progress=False)
@@ -235,3 +243,40 @@ def test_parameter_count_at_ku_size():
     assert 35_905 + mapping + mlp + gates + router == 137_476
     assert uploaded == 560 * 64 + mapping + mlp + gates             # the router is never uploaded
     assert state.fusion.feature_scalars == 2 * 560 * 512
+
+
+def test_feature_map_forms_agree_and_are_chosen_by_rows():
+    """Both forms of a chunk's A_m,u (fed/feature_maps.py) against explicit per-client matrices
+    moved by hand: same mapped rows after random steps, same uploads; the choice follows |I_u|."""
+    data = mm_dataset(seed=3, d_image=40)
+    config = mr_config("fedavg")
+    plan = make_plan(data, torch.tensor([1, 4, 6]), NegativeSampler(data, "cpu"), config.neg_ratio,
+                     config.local_epochs, config.batch_size, torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(7)
+    F = torch.randn(data.n_items, 40, generator=gen, dtype=torch.float64)
+    A = torch.randn(6, 40, generator=gen, dtype=torch.float64)
+    forms = [feature_maps.KernelMap(F, A, plan), feature_maps.ExplicitMap(F, A, plan)]
+    by_hand = A.expand(3, -1, -1).clone()                                    # (C, d, D)
+    items = plan.rows[plan.slots]                                            # (C, L) item ids
+    for step in range(4):
+        act = slice(1, 3) if step % 2 else torch.tensor([0, 2])
+        clients = torch.arange(1, 3) if step % 2 else act
+        slots = plan.slots[clients, :5]                                      # (A, 5)
+        delta = torch.randn(len(clients), 5, 6, generator=gen, dtype=torch.float64)
+        for form in forms:
+            form.step(act, slots, delta, 0.3)
+        for a, c in enumerate(clients.tolist()):
+            by_hand[c] -= 0.3 * delta[a].T @ F[items[c, :5]]
+        want = torch.einsum("cld,ced->cle", F[items[clients, :9]], by_hand[clients])
+        for form in forms:
+            assert torch.allclose(form.mapped(act, plan.slots[clients, :9]), want, atol=1e-10)
+    for form in forms:
+        assert torch.allclose(form.upload(), A - by_hand, atol=1e-10)
+    most = int(torch.bincount(plan.row_owner).max())
+    assert most > 1
+    chosen = feature_maps.feature_maps({"image": F}, {"A_image": A}, plan, ("image",))
+    kind = feature_maps.KernelMap if most <= 40 else feature_maps.ExplicitMap
+    assert isinstance(chosen["image"], kind)
+    narrow = feature_maps.feature_maps({"image": F[:, :most - 1]}, {"A_image": A[:, :most - 1]},
+                                       plan, ("image",))
+    assert isinstance(narrow["image"], feature_maps.ExplicitMap)

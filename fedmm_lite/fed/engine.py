@@ -18,10 +18,11 @@ For SGD this equals a sequential loop over clients with full model copies (``ora
 client does not touch gets zero gradient there, and repeated items share one local row here.
 
 FedMR (``state.fusion``, fusion.py): the ID mapping and the strategy modules are small global
-modules (one copy per client), the routers private vectors; the feature mappings A_v, A_t are held
-as per-client coefficients over the client's own rows (kernel_maps.py: no (d, D_m) copy per
-client); a mini-batch reads the rows of its items AND of the user's training items H_u (the
-router's input).
+modules (one copy per client), the routers private vectors; each client's feature mappings A_v,
+A_t are held as coefficients over its own rows or as matrices, whichever the chunk's size makes
+cheaper (feature_maps.py); with a router, a mini-batch reads the rows of its items AND of the
+user's training items H_u (the router's input); a single strategy has no router and reads only
+its items.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backbones, fusion, gradients
-from .kernel_maps import KernelMaps
+from .feature_maps import feature_maps
 from .privacy import NoiseSpec, client_noise
 from .rows import add_rows, gather_rows
 from .server import Aggregator, UploadBatch, apply_update
@@ -39,7 +40,7 @@ from .server import Aggregator, UploadBatch, apply_update
 
 def _local_copies(state, plan, spec, skip=()):
     """The chunk's local models, (C, ...) or (Q, d) for item tables, and the start of the shared
-    ones (``skip``: global tensors held another way, FedMR's kernel-mapped A_m)."""
+    ones (``skip``: global tensors held another way, FedMR's feature mappings A_m)."""
     C = plan.n_clients
     dt = state.dtype
     clients = plan.clients                                                      # (C,)
@@ -142,27 +143,28 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
     plan = plan.to(device)
     C = plan.n_clients
     setup = state.fusion
-    kernel = None
+    maps = {}
     if setup is not None and setup.features:
-        # FedMR's feature mappings A_m as per-client coefficients over the client's rows
-        kernel = KernelMaps(setup.features, state.global_, plan, tuple(setup.features))
-    kernel_names = {f"A_{m}": m for m in (kernel.base if kernel is not None else ())}
-    local, start = _local_copies(state, plan, spec, skip=kernel_names)
+        # FedMR's feature mappings: each client's A_m, held the cheaper of two exact ways
+        maps = feature_maps(setup.features, state.global_, plan, tuple(setup.features))
+    map_names = {f"A_{m}": m for m in maps}
+    local, start = _local_copies(state, plan, spec, skip=map_names)
     step_of = _step_sizes(spec, config, state)
     closed_form = gradients.has_closed_form(state)      # inner-product backbones: no autograd graph
-    if setup is not None:
+    pos_mask = None
+    if setup is not None and setup.routed:
         # FedMR's router reads the user's training items H_u: the first n_u samples of the plan
         P = int(plan.sizes.max())
         pos_slots = plan.slots[:, :P]                                           # (C, P)
         pos_mask = torch.arange(P, device=device).unsqueeze(0) < plan.sizes.unsqueeze(1)  # (C, P)
     row_names = set(spec.tables) | (set(spec.private_tables) - set(spec.tuned_from))
-    phases = spec.phases or (tuple(local) + tuple(kernel_names),)
+    phases = spec.phases or (tuple(local) + tuple(map_names),)
     loss_sum = torch.zeros(C, dtype=torch.float64, device=device)
     batches_done = torch.zeros(C, dtype=torch.float64, device=device)
 
     for act, slots, y, valid, m_mean in _mini_batches(plan, state.dtype):
         n_batch = slots.shape[1]
-        if setup is not None:
+        if pos_mask is not None:
             # rows read: the batch's items, then the user's training items (router input)
             slots = torch.cat([slots, pos_slots[act]], 1)                       # (A, B+P)
         if closed_form:
@@ -188,11 +190,11 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
                 logits = backbones.batched_logits(state.backbone, view)         # (A, B)
             else:
                 # FedMR Eq. (1) for the features: h_m of the batch's and the history's rows
-                for name, mod in kernel_names.items():
-                    mapped[mod] = kernel.mapped(mod, act, slots).requires_grad_(name in phase)
+                for name, mod in map_names.items():
+                    mapped[mod] = maps[mod].mapped(act, slots).requires_grad_(name in phase)
                 # FedMR: z_i = sum_k pi_u,k s_k(i) replaces the item embedding (fusion.py)
                 z, _ = fusion.fuse(setup, leaves, backbones.id_rows(state.backbone, leaves), {},
-                                   n_batch, pos_mask[act], mapped)
+                                   n_batch, None if pos_mask is None else pos_mask[act], mapped)
                 view = {name: (v[:, :n_batch] if name in row_names else v) for name, v in leaves.items()}
                 logits = backbones.batched_logits(state.backbone, view, z)      # (A, B)
             # loss_c = mean over c's valid samples of BCE(sigma(s), y) (+ FedRAP's regulariser)
@@ -203,22 +205,22 @@ def train_chunk(state, plan, config, t: int, noise: NoiseSpec | None = None,
                 loss = loss + reg
             # one backward on sum_c loss_c: client c's tensors only receive client c's gradient
             # (allow_unused: a FedMR ablation without the ID input leaves the ID table unread)
-            trained = [name for name in phase if name not in kernel_names]
-            mapped_trained = [name for name in phase if name in kernel_names]
+            trained = [name for name in phase if name not in map_names]
+            mapped_trained = [name for name in phase if name in map_names]
             grads = torch.autograd.grad(
-                loss.sum(), [leaves[name] for name in trained] + [mapped[kernel_names[name]]
+                loss.sum(), [leaves[name] for name in trained] + [mapped[map_names[name]]
                                                                   for name in mapped_trained],
                 allow_unused=True)
             _sgd_step(local, row_names, act, slots, trained, grads[:len(trained)], step_of)
             for name, delta in zip(mapped_trained, grads[len(trained):]):
                 if delta is not None:
-                    # dL/dh_m -> the client's coefficients (kernel_maps.py)
-                    kernel.step(kernel_names[name], act, slots, delta, step_of(name))
+                    # dL/dh_m -> the client's A_m (feature_maps.py)
+                    maps[map_names[name]].step(act, slots, delta, step_of(name))
             if k == 0:
                 loss_sum[act] += loss.detach().double()
         batches_done[act] += 1
 
-    uploads = _uploads(state, plan, local, start, spec, noise, noise_generator, kernel, kernel_names)
+    uploads = _uploads(state, plan, local, start, spec, noise, noise_generator, maps, map_names)
     _write_private(state, plan, local, spec, t)
     return uploads, loss_sum / batches_done.clamp(min=1)
 
@@ -239,13 +241,13 @@ def _sgd_step(local, row_names, act, slots, phase, grads, step_of) -> None:
 
 
 @torch.no_grad()
-def _uploads(state, plan, local, start, spec, noise, noise_generator, kernel=None,
-             kernel_names=None) -> UploadBatch:
+def _uploads(state, plan, local, start, spec, noise, noise_generator, maps=None,
+             map_names=None) -> UploadBatch:
     """Delta_u = start - end for every shared tensor; row-sparse, or dense + noise."""
     batch = UploadBatch(sizes=plan.sizes.clone())
     for name in state.global_:
-        if kernel_names and name in kernel_names:
-            batch.values[name] = kernel.uploads(kernel_names[name])             # (C, d, D_m)
+        if map_names and name in map_names:
+            batch.values[name] = maps[map_names[name]].upload()                 # (C, d, D_m)
             continue
         # Delta_u = theta_u(start) - theta_u(end)
         delta = start[name] - local[name].detach()                              # (Q, d) or (C, ...)

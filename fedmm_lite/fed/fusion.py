@@ -136,7 +136,7 @@ def _apply(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 def map_inputs(params: dict, id_rows: torch.Tensor | None, feats: dict, modalities,
                mapped: dict | None = None) -> dict:
     """FedMR Eq. (1): h_m = A_m x_m for every used modality; rows (..., L, D_m) -> (..., L, d).
-    ``mapped`` modality -> h_m already computed (the batched engine's kernel_maps.py)."""
+    ``mapped`` modality -> h_m already computed (the batched engine's feature_maps.py)."""
     h = {}
     for m in modalities:
         if mapped and m in mapped:
@@ -198,11 +198,12 @@ def mix(S: torch.Tensor, pi: torch.Tensor | None) -> torch.Tensor:
 
 
 def fuse(setup: FusionSetup, params: dict, id_rows: dict, feats: dict, n_batch: int,
-         pos_mask: torch.Tensor, mapped: dict | None = None):
+         pos_mask: torch.Tensor | None, mapped: dict | None = None):
     """Personalised item representations of a mini-batch, per ID branch.
 
     ``id_rows`` branch -> (..., n_batch + P, d): the batch's ID vectors, then those of the
-    user's training items H_u (``pos_mask`` (..., P) marks the real ones); ``feats`` the matching
+    user's training items H_u (``pos_mask`` (..., P) marks the real ones; a single strategy has
+    no router and passes the batch's rows only, P = 0, ``pos_mask`` None); ``feats`` the matching
     feature rows (or ``mapped``: modality -> h_m (..., n_batch + P, d), already mapped).
     Returns (branch -> z (..., n_batch, d), pi (..., K) or None). With two ID
     branches (FedNCF: GMF and MLP tables) the modules and the router are shared and the router's

@@ -1,0 +1,123 @@
+"""FedMR's feature mapping layers in the batched engine: each client's copy of A_m, two exact ways.
+
+FedMR Eq. (1) maps a frozen feature row F[j] (D_m,) with a global matrix: h(j) = A_m F[j] (d,).
+During local training every client moves its own copy A_m,u, and these are the largest modules
+(d x D_m: 64 x 768 for thumbnails). A chunk holds them in whichever of two forms is cheaper:
+
+``ExplicitMap``: the matrices themselves, (C, d, D_m). A step maps its L rows at L D_m d and
+    moves A_m,u by the outer products: A_m,u <- A_m,u - lr sum_b delta_b F[i_b]^T.
+
+``KernelMap``: coefficients over the client's own rows. A client reads only its rows I_u (the
+    plan's touched items: its batch items and its history H_u), and SGD only ever adds outer
+    products with them, so after any number of local steps
+
+        A_m,u = A_m + sum_{r in I_u} c_r F[r]^T        (c_r in R^d: the client's coefficients)
+
+    and every mapped feature it needs is
+
+        h_u(j) = A_m F[j] + sum_r c_r (F[r] . F[j]) = base[j] + (K_u c)[j],   K_u = F[I_u] F[I_u]^T.
+
+    The kernel trick: a row costs |I_u| d instead of D_m d, a client's state is |I_u| x d instead
+    of d x D_m (a chunk of 600 light clients: 2 MB instead of 300 MB), and the upload
+    Delta_u = start - end = -sum_r c_r F[r]^T is formed once, at the end of the round.
+
+``feature_maps`` picks, per chunk and modality, the kernel form while the chunk's largest |I_u|
+is at most D_m (light clients: world-full's typical client reads ~100 rows of 768-wide features)
+and the explicit form beyond (a MovieLens client with 1,133 training items reads ~1,850 rows; its
+kernel rows cost more than the matrix). The per-client loop oracle (oracle.py) keeps explicit
+copies; the equivalence tests compare both forms with it.
+"""
+from __future__ import annotations
+
+import torch
+
+from .rows import add_rows, gather_rows
+
+KERNEL_MAX_ROWS_PER_FEATURE = 1.0   # kernel form while max |I_u| <= this * D_m (tests move it)
+
+
+def _clients(act, n_clients: int, device) -> torch.Tensor:
+    """The active clients as indices (A,) (``act`` is a slice of a suffix or an index tensor)."""
+    if isinstance(act, slice):
+        return torch.arange(act.start or 0, n_clients, device=device)
+    return act
+
+
+class ExplicitMap:
+    """A_m,u held as it is: one (d, D_m) matrix per client of the chunk."""
+
+    def __init__(self, features: torch.Tensor, A: torch.Tensor, plan):
+        self.n_clients = plan.n_clients
+        self.rows_features = features[plan.rows]                                 # (Q, D) the chunk's rows
+        self.start = A                                                           # (d, D)
+        self.weight = A.unsqueeze(0).expand((self.n_clients,) + tuple(A.shape)).clone()  # (C, d, D)
+
+    def mapped(self, act, slots: torch.Tensor) -> torch.Tensor:
+        """h_u(j) = A_m,u F[j] for the rows ``slots`` (A, L) of the active clients: (A, L, d)."""
+        F = gather_rows(self.rows_features, slots)                              # (A, L, D)
+        return F @ self.weight[act].transpose(1, 2)                              # (A, L, d)
+
+    @torch.no_grad()
+    def step(self, act, slots: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        """A_m,u <- A_m,u - lr sum_b delta_b F[i_b]^T (delta (A, L, d) = dL/dh)."""
+        F = gather_rows(self.rows_features, slots)                              # (A, L, D)
+        grad = delta.transpose(1, 2) @ F                                         # (A, d, D)
+        if isinstance(act, slice):
+            self.weight[act].add_(grad, alpha=-lr)
+        else:
+            self.weight.index_add_(0, act, grad, alpha=-lr)                      # act: distinct clients
+
+    @torch.no_grad()
+    def upload(self) -> torch.Tensor:
+        """Delta_u = start - end for every client of the chunk: (C, d, D)."""
+        return self.start.unsqueeze(0) - self.weight
+
+
+class KernelMap:
+    """A_m,u held as the global A_m plus coefficients c over the client's own rows (module doc)."""
+
+    def __init__(self, features: torch.Tensor, A: torch.Tensor, plan):
+        C = plan.n_clients
+        owner = plan.row_owner                                                   # (Q,)
+        counts = torch.bincount(owner, minlength=C)                              # (C,)
+        first = torch.cumsum(counts, 0) - counts
+        self.n_clients, self.R = C, max(int(counts.max()), 1) if C else 1
+        self.position = torch.arange(owner.shape[0], device=owner.device) - first[owner]  # (Q,)
+        F = features[plan.rows]                                                  # (Q, D) the chunk's rows
+        self.base = F @ A.T                                                      # (Q, d) A_m F[j]
+        padded = torch.zeros(C, self.R, F.shape[1], dtype=F.dtype, device=F.device)
+        padded[owner, self.position] = F                                         # (C, R, D) F[I_u]
+        self.padded = padded
+        self.kernel = padded @ padded.transpose(1, 2)                            # (C, R, R) K_u
+        self.coef = torch.zeros(C, self.R, A.shape[0], dtype=F.dtype, device=F.device)  # (C, R, d)
+
+    def mapped(self, act, slots: torch.Tensor) -> torch.Tensor:
+        """h_u(j) = base[j] + (K_u c)[j] for the rows ``slots`` (A, L) of the active clients: (A, L, d)."""
+        pos = self.position[slots]                                               # (A, L) within I_u
+        K = self.kernel[act]                                                     # (A, R, R)
+        K_rows = torch.gather(K, 1, pos.unsqueeze(-1).expand(-1, -1, self.R))    # (A, L, R)
+        return self.base[slots] + K_rows @ self.coef[act]                        # (A, L, d)
+
+    @torch.no_grad()
+    def step(self, act, slots: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        """A_m,u <- A_m,u - lr sum_b delta_b F[i_b]^T, i.e. c_(i_b) -= lr delta_b (repeats add up)."""
+        clients = _clients(act, self.n_clients, self.position.device)            # (A,)
+        index = clients.unsqueeze(1) * self.R + self.position[slots]             # (A, L)
+        add_rows(self.coef.view(-1, self.coef.shape[-1]), index, delta, -lr)     # (C R, d)
+
+    @torch.no_grad()
+    def upload(self) -> torch.Tensor:
+        """Delta_u = start - end = -sum_r c_r F[r]^T for every client of the chunk: (C, d, D)."""
+        return -(self.coef.transpose(1, 2) @ self.padded)
+
+
+def feature_maps(features: dict, global_: dict, plan, modalities) -> dict:
+    """modality -> the chunk's per-client A_m (``KernelMap`` or ``ExplicitMap``, module doc)."""
+    counts = torch.bincount(plan.row_owner, minlength=plan.n_clients)
+    most_rows = int(counts.max()) if plan.n_clients else 0                       # max |I_u|
+    maps = {}
+    for m in modalities:
+        F, A = features[m], global_[f"A_{m}"]
+        kind = KernelMap if most_rows <= KERNEL_MAX_ROWS_PER_FEATURE * F.shape[1] else ExplicitMap
+        maps[m] = kind(F, A, plan)
+    return maps
