@@ -1,8 +1,8 @@
-"""Benchmark (a): the batched engine against the per-client loop, same configuration, on CPU.
+"""Benchmark (a): the batched engine against the per-client oracle, same configuration, on CPU.
 
 For every ID backbone, on the ``world-full`` preset (by default), one training round is timed with
-``engine="batched"`` (all clients, chunk by chunk, a leading client axis) and with ``engine="loop"``
-(the per-client correctness oracle: one client after the other). By default both train
+``engine="batched"`` (all clients, chunk by chunk, a leading client axis) and with
+``engine="oracle"`` (the per-client correctness reference: one client after the other). By default both train
 every client for ``--rounds`` rounds (3); with ``--loop-clients N`` the loop trains only N clients
 (``sample_ratio = N / U``) and its seconds per round are extrapolated to all U clients (its cost is
 linear in the number of clients, which never interact within a round); the table says so.
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
 
 from fedmm_lite.data import load_dataset                      # noqa: E402
-from fedmm_lite.fed.commands import compare_metrics, time_engine  # noqa: E402
+from fedmm_lite.timing import compare_metrics, time_engine     # noqa: E402
 from fedmm_lite.fed.config import default_config              # noqa: E402
 
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
@@ -57,7 +57,7 @@ def compare_engines(dataset, base, loop_clients: int, label: str) -> dict:
     users = dataset.n_users
     batched = time_engine(dataset, dataclasses.replace(base, engine="batched"))
     loop_ratio = 1.0 if loop_clients <= 0 else min(1.0, loop_clients / users)
-    loop = time_engine(dataset, dataclasses.replace(base, engine="loop", sample_ratio=loop_ratio))
+    loop = time_engine(dataset, dataclasses.replace(base, engine="oracle", sample_ratio=loop_ratio))
     updates_per_round = batched["client_updates"] / base.rounds
     batched_spr = batched["seconds_per_round"]
     loop_spr = updates_per_round / loop["client_updates_per_second"]   # extrapolated to all clients

@@ -2,8 +2,8 @@
 
 The same measurement as ``bench_engine.py`` (whose ``markdown`` table and approach it reuses), for
 ``method="fedmr"``: on ``world-full`` (by default) one training round is timed with
-``engine="batched"`` (all clients, a leading client axis) and with ``engine="loop"`` (the per-client
-oracle) on ``--loop-clients`` clients only, extrapolated linearly to all U clients (clients never
+``engine="batched"`` (all clients, a leading client axis) and with ``engine="oracle"`` (the
+per-client reference) on ``--loop-clients`` clients only, extrapolated linearly to all U clients (clients never
 interact within a round). Evaluation is excluded from both timings. Item features come from
 ``encoders.encode_dataset`` (the default offline encoder unless ``--encoder``), encoded once before
 any timing. On CUDA (``--device cuda``, or ``--device all`` when a GPU is present) the same pair of

@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a chec
 
 from fedmm_lite.data import NegativeSampler, load_dataset       # noqa: E402
 from fedmm_lite.encoders import encode_dataset                  # noqa: E402
-from fedmm_lite.fed import backbones, engine, feature_maps      # noqa: E402
+from fedmm_lite.fed import engine                               # noqa: E402
 from fedmm_lite.fed.config import default_config                # noqa: E402
-from fedmm_lite.fed.loop import plan_round                      # noqa: E402
-
-FORMS = {"auto": feature_maps.KERNEL_MAX_ROWS_PER_FEATURE, "kernel": float("inf"), "explicit": 0.0}
+from fedmm_lite.fed.feature_maps import FORMS                   # noqa: E402
+from fedmm_lite.fed.rounds import plan_round                    # noqa: E402
+from fedmm_lite.fed.state import new_state                      # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,21 +35,20 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="movielens-posters")
     p.add_argument("--backbone", default="fedavg")
     p.add_argument("--strategy", default="mix")
-    p.add_argument("--form", default="auto", choices=sorted(FORMS))
+    p.add_argument("--form", default="auto", choices=FORMS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    feature_maps.KERNEL_MAX_ROWS_PER_FEATURE = FORMS[args.form]
     dataset = load_dataset(args.data)
     encode_dataset(dataset, device="cpu", progress=False)
     config = default_config(args.backbone, method="fedmr", strategy=args.strategy, device="cpu",
-                            seed=args.seed)
+                            seed=args.seed, feature_map_form=args.form)
     generator = torch.Generator().manual_seed(config.seed)
-    state = backbones.init_state(args.backbone, dataset.n_users, dataset.n_items, config, generator,
-                                 torch.device("cpu"), dataset=dataset)
+    state = new_state(config, dataset, generator)
     sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)
-    _, plans = plan_round(dataset, config, generator, NegativeSampler(dataset, "cpu"), sizes)
+    _, plans = plan_round(dataset, config, generator, NegativeSampler(dataset, "cpu"), sizes,
+                          state.method.mixes_sizes)
     total = 0.0
     for plan in plans:
         start = time.perf_counter()

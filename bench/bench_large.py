@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import emit, machine_fields                   # noqa: E402
 from fedmm_lite.config import resolve_device                  # noqa: E402
-from fedmm_lite.data import NegativeSampler, load_dataset     # noqa: E402
-from fedmm_lite.fed import backbones, engine                  # noqa: E402
+from fedmm_lite.data import load_dataset                      # noqa: E402
 from fedmm_lite.fed.config import default_config              # noqa: E402
-from fedmm_lite.fed.loop import plan_round                 # noqa: E402
-from fedmm_lite.fed.privacy import parse_noise                # noqa: E402
+from fedmm_lite.fed.method import full_scores                 # noqa: E402
+from fedmm_lite.fed.rounds import FederatedRun                # noqa: E402
+from fedmm_lite.fed.state import count_parameters             # noqa: E402
 from fedmm_lite.metrics import evaluate                       # noqa: E402
 from fedmm_lite.resources import PeakMemory                   # noqa: E402
 
@@ -45,25 +45,12 @@ from fedmm_lite.resources import PeakMemory                   # noqa: E402
 def train_rounds(dataset, config, device: torch.device) -> tuple[list[float], object]:
     """Train ``config.rounds`` rounds with the batched engine, timing each; no evaluation.
 
-    The round loop of ``fed.loop.run_federated`` (same generators, same ``plan_round``),
-    without its full-ranking evaluations, which on
-    world-large cost more than the training and are timed apart (``time_evaluation``)."""
-    generator = torch.Generator().manual_seed(config.seed)
-    noise_generator = torch.Generator().manual_seed(config.seed + 1_000_003)
-    state = backbones.init_state(config.backbone, dataset.n_users, dataset.n_items, config,
-                                 generator, device, dataset=dataset)
-    sampler = NegativeSampler(dataset, "cpu")
-    sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)  # (U,)
-    noise = parse_noise(config.noise)
-    seconds = []
-    for t in range(1, config.rounds + 1):
-        start = time.perf_counter()
-        _, plans = plan_round(dataset, config, generator, sampler, sizes)
-        engine.train_round(state, plans, config, t, noise, noise_generator)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds, state
+    The rounds of ``FederatedRun`` (the round every caller uses), without its full-ranking
+    evaluations, which on world-large cost more than the training and are timed apart
+    (``time_evaluation``)."""
+    run = FederatedRun(dataset, config)
+    seconds = [run.train_round(t).train_seconds for t in range(1, config.rounds + 1)]
+    return seconds, run.state
 
 
 def time_evaluation(dataset, state, config, device, users: int) -> dict:
@@ -72,7 +59,7 @@ def time_evaluation(dataset, state, config, device, users: int) -> dict:
     users = min(users, dataset.n_users)
     chosen = np.arange(users)
     start = time.perf_counter()
-    evaluate(lambda u: backbones.full_scores(state, u), dataset, "test",
+    evaluate(lambda u: full_scores(state, u), dataset, "test",
              chunk_size=config.eval_chunk_size, device=device, users=chosen)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -95,7 +82,7 @@ def bench_backbone(dataset, backbone: str, args, device: torch.device) -> dict:
         seconds, state = train_rounds(dataset, config, device)
     train = sum(seconds)
     per_round = train / len(seconds)
-    held, uploaded = backbones.count_parameters(state)
+    held, uploaded = count_parameters(state)
     row = {"backbone": backbone, "device": str(device), "rounds": config.rounds,
            "private_dtype": config.private_dtype, "local_epochs": config.local_epochs,
            "batch_size": config.batch_size, "chunk_size": config.chunk_size,

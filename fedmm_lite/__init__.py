@@ -1,9 +1,10 @@
 """fedmm_lite: the helper package of the book "Federated Multimodal Recommendation, Hands-on".
 
-Rooms with one job each; data flows down the list:
+Rooms with one job each; data flows down the list (CONTRIBUTING.md has the map):
 ``data`` (dataset folder format, world generator, split, negative sampling) -> ``encoders`` (frozen
-item encoders and their feature cache) -> ``fed`` (client population with a client axis, backbones,
-server rules, round loop) -> ``metrics`` -> ``plots``; ``cli`` is the command line.
+item encoders and their feature cache) -> ``metrics`` -> ``fed`` (the federated round, backbones,
+methods, the batched engine and its per-client oracle, privacy, server) -> ``timing`` ->
+``viz_data`` / ``viz_*`` (the chapters' figures); ``commands`` and ``cli`` are the command line.
 """
 from .config import data_home, quick_mode, resolve_device
 

@@ -1,4 +1,4 @@
-"""The command line (FIXED interface, design.md): ``python -m fedmm_lite {info,run,bench,encode}``.
+"""The command line (a FIXED interface: README.md, "Quick mode, data and the command line"): ``python -m fedmm_lite {info,run,bench,encode}``.
 
 Bad input (a malformed dataset folder, an unknown option value) exits with status 2 and one line on
 stderr naming the file, row or option; never a Python traceback. Results go to stdout (JSON) or to
@@ -7,7 +7,6 @@ stderr naming the file, row or option; never a Python traceback. Results go to s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -77,31 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_json(obj: dict, path: str | None = None) -> None:
-    text = json.dumps(obj, indent=2, default=str)
-    if path:
-        with open(path, "w") as f:
-            f.write(text + "\n")
-    print(text)
-
-
-def cmd_info(args) -> int:
-    from .data import load_dataset
-
-    dataset = load_dataset(args.data, seed=args.seed)
-    _print_json(dataset.stats())
-    return 0
-
-
 def _handler(command: str):
-    """The function that carries out ``command`` (imported lazily: ``info`` needs no engine)."""
-    if command == "info":
-        return cmd_info
-    if command in ("run", "bench"):
-        from .fed import commands
-        return commands.cmd_run if command == "run" else commands.cmd_bench
-    from .encoders import cmd_encode
-    return cmd_encode
+    """The function that carries out ``command`` (commands.py; ``encode`` lives with the encoders)."""
+    if command == "encode":
+        from .encoders import cmd_encode
+        return cmd_encode
+    from . import commands
+    return {"info": commands.cmd_info, "run": commands.cmd_run, "bench": commands.cmd_bench}[command]
 
 
 def main(argv: list[str] | None = None) -> int:

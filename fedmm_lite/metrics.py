@@ -1,4 +1,4 @@
-"""Evaluation: full-ranking HR@K and NDCG@K under leave-one-out (algorithms.md section 1).
+"""Evaluation: full-ranking HR@K and NDCG@K under leave-one-out (book/methods.md, "Protocol").
 
 For user u and split s (valid or test) the target is the held-out item t_u. The candidates are all
 n items except the user's training items H_u and the *other* held-out item (the test item when
@@ -39,7 +39,7 @@ SPLITS = ("valid", "test")
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor,
                  exclude_mask: torch.Tensor) -> torch.Tensor:
-    """Rank of each target among its candidates (algorithms.md section 1, full-ranking protocol).
+    """Rank of each target among its candidates (book/methods.md, "Protocol": full ranking).
 
     ``scores`` (c, n), ``targets`` (c,) item indices, ``exclude_mask`` (c, n) bool, True for items
     that are not candidates (training items, the other held-out item). The target itself is never
@@ -71,7 +71,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor,
 
 def hr_ndcg(ranks: torch.Tensor | np.ndarray | Sequence[int],
             ks: Iterable[int] = (10, 20, 50)) -> dict[str, float]:
-    """HR@K and NDCG@K averaged over users, from 1-based ranks (algorithms.md section 1).
+    """HR@K and NDCG@K averaged over users, from 1-based ranks (book/methods.md, "Protocol").
 
     Keys ``hr@K`` and ``ndcg@K`` for each K in ``ks``. With one relevant item per user the ideal DCG
     is 1, so NDCG@K = 1[rank <= K] / log2(1 + rank).
@@ -111,6 +111,22 @@ def random_expectation(n_candidates: int, k: int, metric: str = "hr") -> float:
         # NDCG@K = (1/N) sum_{r<=min(K,N)} 1/log2(1+r)
         return sum(1.0 / math.log2(1 + r) for r in range(1, top + 1)) / n_candidates
     raise ValueError(f"random_expectation: metric must be 'hr' or 'ndcg', got {metric!r}")
+
+
+def random_ranker(dataset: Dataset, split: str = "test", ks: Iterable[int] = (10, 20, 50)) -> dict:
+    """Mean HR@K / NDCG@K of a uniformly random ranker over the dataset's users, on ``split``: the
+    ``--rounds 0`` calibration reference. User u has N_u = n - |H_u| - 1 candidates
+    (``random_expectation``)."""
+    _split_items(dataset, split)                                               # validates split
+    n_candidates = dataset.n_items - np.asarray(dataset.train_sizes) - 1         # (U,)
+    sizes, users = np.unique(n_candidates, return_counts=True)                   # distinct N_u, how many
+    out: dict = {}
+    for k in _check_ks(ks):
+        for metric in ("hr", "ndcg"):
+            values = np.array([random_expectation(int(c), k, metric) for c in sizes])
+            out[f"{metric}@{k}"] = float((values * users).sum() / users.sum())
+    out["split"] = split
+    return out
 
 
 def _check_ks(ks: Iterable[int]) -> list[int]:
@@ -166,7 +182,7 @@ def evaluate(score_fn: ScoreFn, dataset: Dataset, split: str = "valid",
              ks: Iterable[int] = (10, 20, 50), chunk_size: int = 1024,
              device: str | torch.device = "cpu", users=None,
              return_ranks: bool = False) -> dict:
-    """Full-ranking HR@K / NDCG@K of ``score_fn`` on ``split`` (algorithms.md section 1).
+    """Full-ranking HR@K / NDCG@K of ``score_fn`` on ``split`` (book/methods.md, "Protocol").
 
     ``score_fn(users)`` gets a LongTensor (c,) of user indices on ``device`` (c <= ``chunk_size``)
     and returns scores (c, n) for all items. For each user the training items and the other

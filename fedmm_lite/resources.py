@@ -1,4 +1,4 @@
-"""Measuring what a run costs in memory and parameters (algorithms.md section 6).
+"""Measuring what a run costs in memory (book/methods.md, "Cost").
 
 ``PeakMemory`` measures the high-water mark of memory during a block of code:
 
@@ -12,15 +12,12 @@
 RSS counts everything the process holds (the dataset, the interpreter, torch's own libraries:
 about 300-400 MB before any tensor), so it is an upper bound on what the run itself needs.
 ``tracemalloc`` is no help here: it only sees Python's allocator, not torch's tensors.
-
-``count_scalars`` counts the scalars of a collection of tensors (parameters, uploads).
 """
 from __future__ import annotations
 
 import resource
 import sys
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 
@@ -92,9 +89,3 @@ class PeakMemory:
             return None if x is None else round(x, 1)
         return {"peak_memory_mb": mb(self.peak_mb), "peak_memory_start_mb": mb(self.start_mb),
                 "peak_memory_kind": self.kind, "peak_memory_scope": self.scope}
-
-
-def count_scalars(tensors: Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> int:
-    """Number of scalars in a dict or iterable of tensors (parameters, an upload)."""
-    values = tensors.values() if isinstance(tensors, Mapping) else tensors
-    return int(sum(t.numel() for t in values))

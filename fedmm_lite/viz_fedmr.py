@@ -1,13 +1,13 @@
 """Tables and figures of FedMR runs for the book's chapter 5 (fusing modalities per user).
 
-Everything here reads ``RunResult`` objects (fed/loop.py) and their final ``state``; nothing trains
+Everything here reads ``RunResult`` objects (fed/rounds.py) and their final ``state``; nothing trains
 a model, except the explorer widget's callback, and only when its button is clicked.
 
 - ``vanilla_vs_fedmr_table`` / ``vanilla_vs_fedmr_figure``: each backbone alone and with FedMR, test
   HR@50 / NDCG@50 at the validation-selected round;
 - ``ablation_table``: runs against a reference run (modality and strategy ablations, noise);
 - ``router_group_table`` / ``router_group_figure``: the private router weights pi_u averaged over the
-  world's planted user groups (``commands.planted_router_weights``);
+  world's planted user groups (``fedmr.planted_router_weights``);
 - ``mapped_representations`` / ``representation_gaps`` / ``representation_umap_figure``: the item
   inputs after FedMR's mapping layers (Eq. (1): h_m = A_m x_m, all in R^d), for the global ID view
   or one user's personalised view (FedRAP: D_u + C), their pairwise modality gaps, the mean
@@ -25,7 +25,7 @@ import torch
 
 from . import viz_runs
 from .fed import fusion
-from .fed.commands import planted_router_weights
+from .fed.fedmr import planted_router_weights
 from .viz_features import l2_normalise, modality_gap
 
 # The backbone's global item table, FedMR's ID input e_i before personalisation.
@@ -80,8 +80,8 @@ def ablation_table(results: Mapping[str, object], reference: str, k: int = 50) -
 def router_group_table(result, dataset) -> pd.DataFrame:
     """Mean final router weight pi_u per strategy over each planted user group (rows), with the
     group's planted modality and size. Raises ValueError without a router or ground truth."""
-    planted = planted_router_weights(result, dataset)
-    if planted is None or result.router_weights is None:
+    planted = planted_router_weights(result.details, dataset)
+    if planted is None or result.details.get("router_weights") is None:
         raise ValueError("router_group_table: needs a FedMR Mix run (a router) on a dataset with "
                          "planted groups (world)")
     return pd.DataFrame.from_dict(planted, orient="index")
@@ -93,14 +93,14 @@ def router_group_figure(result, dataset) -> plt.Figure:
     groups = np.asarray(truth["user_group"])                                    # (U,)
     names = list(truth["group_names"])
     modality = list(truth.get("group_modality", [""] * len(names)))
-    pi = np.asarray(result.router_weights, dtype=np.float64)                    # (U, K)
+    pi = np.asarray(result.details["router_weights"], dtype=np.float64)         # (U, K)
     fig, axes = plt.subplots(1, pi.shape[1], figsize=(3.6 * pi.shape[1], 3.4), squeeze=False)
     present = [g for g in range(len(names)) if (groups == g).any()]
     for k, ax in enumerate(axes[0]):
         ax.boxplot([pi[groups == g, k] for g in present], showfliers=False)
         ax.set_xticks(range(1, len(present) + 1),
                       [f"{names[g]}\n({modality[g]})" for g in present], fontsize=8)
-        ax.set_title(f"router weight of {result.strategies[k]}", fontsize=10)
+        ax.set_title(f"router weight of {result.details['strategies'][k]}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("pi_u (final)")
     fig.tight_layout()
@@ -115,8 +115,8 @@ def mapped_representations(state, user: int | None = None) -> dict[str, np.ndarr
     ``user=None``: the ID input is the backbone's global table (Q, E, C; FedNCF: the GMF table).
     ``user=u``: the ID input user u scores with: FedRAP D_u + C, PFedRec the tuned E_u (a client
     that never trained: E); other backbones have no personal ID view (ValueError)."""
-    setup = state.fusion
-    if setup is None:
+    fedmr = state.method
+    if fedmr.name != "fedmr":
         raise ValueError("mapped_representations: not a FedMR state (method 'fedmr')")
     g, p, dt = state.global_, state.private, state.dtype
     if user is None:
@@ -127,7 +127,7 @@ def mapped_representations(state, user: int | None = None) -> dict[str, np.ndarr
         ids = p["E_u"][user].to(dt) if bool(state.joined[user]) else g["E"]     # (n, d)
     else:
         raise ValueError(f"mapped_representations: {state.backbone} has no per-user ID view")
-    h = fusion.map_inputs(g, ids, setup.features, setup.modalities)
+    h = fusion.map_inputs(g, ids, fedmr.features, fedmr.modalities)
     return {m: v.detach().cpu().numpy().astype(np.float64) for m, v in h.items()}
 
 
@@ -219,9 +219,9 @@ def explorer(train: Callable, backbones=("fedavg", "fcf", "fedncf", "pfedrec", "
             label = f"{pick_backbone.value} + FedMR {pick_strategy.value} ({', '.join(mods)})"
             fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
             viz_runs.learning_curves({label: result}, ax=axes[0])
-            if result.router_weights is not None:
-                pi = np.asarray(result.router_weights).mean(0)
-                axes[1].bar(list(result.strategies), pi)
+            if result.details.get("router_weights") is not None:
+                pi = np.asarray(result.details["router_weights"]).mean(0)
+                axes[1].bar(list(result.details["strategies"]), pi)
                 axes[1].set_ylabel("mean router weight")
             else:
                 axes[1].text(0.5, 0.5, "one strategy: no router", ha="center", va="center")

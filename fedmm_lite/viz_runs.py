@@ -1,9 +1,9 @@
 """Figures and tables of federated runs for the book's chapters 3 and 4.
 
-Everything here reads ``RunResult`` objects (fed/loop.py) or their ``history`` lists; nothing
-trains a model. Model selection follows algorithms.md section 1 (``select_best``: the round with
+Everything here reads ``RunResult`` objects (fed/rounds.py) or their ``history`` lists; nothing
+trains a model. Model selection follows book/methods.md, "Protocol" (``select_best``: the round with
 the best VALIDATION HR@50). ``best_on_test`` exists only to show the published pitfall of picking
-the reported round on test (algorithms.md section 8, defect 5); no experiment selects with it.
+the reported round on test (book/methods.md, "Defects", item 5); no experiment selects with it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .fed import backbones
-from .fed.loop import SELECT_ON, select_best
+from .fed.rounds import SELECT_ON, select_best
 
 
 def best_on_test(history: list, key: str = SELECT_ON) -> dict:
@@ -156,9 +156,9 @@ def sharing_table(state) -> pd.DataFrame:
     """What a backbone keeps on the client and what it uploads, from a run's final ``FedState``.
 
     One row per tensor: where it lives, its shape per client (private) or on the server (shared),
-    and whether a client uploads (an update of) it. Built from ``backbones.SPECS``.
+    and whether a client uploads (an update of) it. Built from the run's ``state.spec``.
     """
-    spec = backbones.SPECS[state.backbone]
+    spec = state.spec
     rows = []
     for name, value in state.global_.items():
         kind = "item table" if name in spec.tables else "small module"

@@ -1,8 +1,8 @@
-"""The FIXED command line ``python -m fedmm_lite run`` / ``bench`` (design.md), end to end.
+"""The FIXED command line ``python -m fedmm_lite run`` / ``bench`` (README.md), end to end.
 
 Every test runs the real entry point (a subprocess, or ``cli.main`` in-process for the cheap
-option checks) on the quick world in a temporary data folder. Oracles: the FIXED key list of
-design.md, the ordering HR@10 <= HR@20 <= HR@50 and NDCG@K <= HR@K that any ranking obeys, the
+option checks) on the quick world in a temporary data folder. Oracles: the FIXED key list, the
+ordering HR@10 <= HR@20 <= HR@50 and NDCG@K <= HR@K that any ranking obeys, the
 random-ranker expectation of ``metrics.random_expectation`` for the untrained model, and the
 one-line error contract of cli.py (exit status 2, one stderr line naming the option or file).
 """
@@ -169,11 +169,11 @@ def test_bench_prints_both_timings(env):
     proc = cli(env, "bench", "--data", "world-quick", "--backbone", "pfedrec", "--rounds", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    for engine in ("batched", "loop"):
+    for engine in ("batched", "oracle"):
         assert result[engine]["engine"] == engine
         assert result[engine]["seconds_per_round"] > 0
         assert result[engine]["client_updates"] > 0
-    assert result["batched"]["client_updates"] == result["loop"]["client_updates"]
-    assert result["speedup"] == pytest.approx(result["loop"]["seconds_per_round"]
+    assert result["batched"]["client_updates"] == result["oracle"]["client_updates"]
+    assert result["speedup"] == pytest.approx(result["oracle"]["seconds_per_round"]
                                               / result["batched"]["seconds_per_round"])
     assert result["metrics_agree"] is True, result

@@ -1,4 +1,4 @@
-"""The batched engine equals the per-client loop oracle (design.md, "The engine").
+"""The batched engine equals the per-client loop oracle (book/methods.md, "Cost model").
 
 For every backbone, with partial participation (beta < 1), several local epochs (H > 1) and chunks
 smaller than the number of participants, both engines run the same rounds from the same seed; the
@@ -16,7 +16,7 @@ import torch
 
 from fedmm_lite.data.dataset import Dataset
 from fedmm_lite.fed import FedConfig, run_federated
-from fedmm_lite.fed.tuned import TunedTables
+from fedmm_lite.fed.tuned_tables import TunedTables
 
 TRAINED = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 
@@ -96,7 +96,7 @@ def test_batched_engine_equals_per_client_loop(backbone):
     data = tiny_dataset()
     config = small_config(backbone)
     batched = run_federated(data, config, progress=False)
-    loop = run_federated(data, dataclasses.replace(config, engine="loop"), progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
     assert_same_run(batched, loop)
     # the comparison is not vacuous: training moved the shared model and the metrics
     untouched = run_federated(data, dataclasses.replace(config, rounds=0), progress=False)
@@ -110,7 +110,7 @@ def test_equivalence_with_upload_noise(backbone):
     data = tiny_dataset(seed=1)
     config = small_config(backbone, noise="laplace:0.001", rounds=2)
     batched = run_federated(data, config, progress=False)
-    loop = run_federated(data, dataclasses.replace(config, engine="loop"), progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
     assert_same_run(batched, loop)
     clean = run_federated(data, dataclasses.replace(config, noise="none"), progress=False)
     name = next(iter(clean.state.global_))
@@ -122,7 +122,7 @@ def test_equivalence_float32_full_participation():
     config = small_config("fedrap", dtype="float32", private_dtype="float32", sample_ratio=1.0,
                           chunk_size=5, rounds=2)
     batched = run_federated(data, config, progress=False)
-    loop = run_federated(data, dataclasses.replace(config, engine="loop"), progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
     assert_same_run(batched, loop, tol=1e-5)
 
 

@@ -1,6 +1,7 @@
-"""Invariants of the federation (algorithms.md section 8: items 1, 4, 5, 7, 8, 13; section 1)."""
+"""Invariants of the federation (book/methods.md, "Defects": items 1, 4, 5, 7, 8, 13; "Protocol")."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,10 +11,12 @@ from scipy import stats
 
 from fedmm_lite.data import NegativeSampler
 from fedmm_lite.fed import backbones, engine, run_federated
-from fedmm_lite.fed.loop import select_best
+from fedmm_lite.fed.method import full_scores
+from fedmm_lite.fed.rounds import run_round, select_best
 from fedmm_lite.fed.plan import chunks, make_plan, sample_participants
 from fedmm_lite.fed.server import aggregation_weights
-from fedmm_lite.fed.tuned import TunedTables
+from fedmm_lite.fed.state import ServerState, new_state
+from fedmm_lite.fed.tuned_tables import TunedTables
 
 from test_fed_equivalence import fill_private, small_config, tiny_dataset
 
@@ -23,7 +26,7 @@ from test_fed_equivalence import fill_private, small_config, tiny_dataset
 def fresh(backbone, data, **kw):
     config = small_config(backbone, **kw)
     gen = torch.Generator().manual_seed(0)
-    state = backbones.init_state(backbone, data.n_users, data.n_items, config, gen, "cpu")
+    state = new_state(config, data, gen)
     return config, state, NegativeSampler(data, "cpu"), gen
 
 
@@ -31,7 +34,7 @@ def train(state, data, config, participants, t, sampler, gen):
     """One round of the batched engine with the participants chosen by the test."""
     plans = [make_plan(data, c, sampler, config.neg_ratio, config.local_epochs, config.batch_size, gen)
              for c in chunks(torch.tensor(participants), config.chunk_size)]
-    return engine.train_round(state, plans, config, t)
+    return run_round(state, plans, config, t)[0]
 
 
 def snapshot(tensors: dict) -> dict:
@@ -61,14 +64,14 @@ def test_evaluation_reads_each_users_private_state(backbone, name):
     config, state, sampler, gen = fresh(backbone, data)
     train(state, data, config, list(range(data.n_users)), 1, sampler, gen)
     users = torch.arange(data.n_users)
-    before = backbones.full_scores(state, users)
+    before = full_scores(state, users)
     value = state.private[name]
     if isinstance(value, TunedTables):          # PFedRec's E_u: move user 5's tuned rows
         mine = slice(int(value.offsets[5]), int(value.offsets[6]))
         value.rows[mine] += 0.5 + torch.rand_like(value.rows[mine])
     else:
         value[5] = value[5] + 0.5 + torch.rand_like(value[5])
-    after = backbones.full_scores(state, users)
+    after = full_scores(state, users)
     changed = (after - before).abs().amax(dim=1) > 1e-9                         # (U,)
     assert changed.tolist() == [u == 5 for u in range(data.n_users)]
 
@@ -79,9 +82,9 @@ def test_pfedrec_scores_with_the_tuned_table_not_the_global_one():
     train(state, data, config, [0, 1], 1, sampler, gen)
     u = torch.tensor([0])
     tuned = state.private["E_u"][0] @ state.private["w"][0] + state.private["b"][0]
-    assert torch.allclose(backbones.full_scores(state, u)[0], tuned)
+    assert torch.allclose(full_scores(state, u)[0], tuned)
     glob = state.global_["E"] @ state.private["w"][0] + state.private["b"][0]
-    assert not torch.allclose(backbones.full_scores(state, u)[0], glob)
+    assert not torch.allclose(full_scores(state, u)[0], glob)
 
 
 # --- late joiners and non-participants (13) -----------------------------------------------------
@@ -113,9 +116,9 @@ def test_non_participants_are_not_averaged(backbone):
     plan = make_plan(data, torch.tensor([2, 6]), sampler, config.neg_ratio, config.local_epochs,
                      config.batch_size, torch.Generator().manual_seed(5))
     # reference: the two clients' uploads, weighted over the two of them
-    uploads, _ = engine.train_chunk(backbones.FedState(state.backbone, snapshot(state.global_),
-                                                       snapshot(state.private), state.joined.clone(),
-                                                       state.dtype), plan, config, 1)
+    copy = dataclasses.replace(state, server=ServerState(snapshot(state.global_)),
+                               private=snapshot(state.private), joined=state.joined.clone())
+    uploads, _ = engine.train_chunk(copy, plan, config, 1)
     name = backbones.SPECS[backbone].tables[0]
     dense = torch.zeros((2,) + tuple(start[name].shape), dtype=start[name].dtype)
     dense[uploads.owners[name], uploads.rows[name]] = uploads.values[name]
@@ -124,7 +127,7 @@ def test_non_participants_are_not_averaged(backbone):
     # garbage in every other client's private state must not matter
     for value in state.private.values():
         fill_private(value, 1e6, keep=[2, 6])
-    engine.train_round(state, [plan], config, 1)
+    run_round(state, [plan], config, 1)
     assert torch.allclose(state.global_[name], expected, atol=1e-12)
     assert state.joined.tolist() == [u in (2, 6) for u in range(data.n_users)]
 
@@ -281,7 +284,7 @@ def test_default_config_quick_mode_and_overrides(monkeypatch):
 
 def test_engines_one_user_apart_still_agree():
     """compare_metrics allows one user's hit (1 / U), float rounding of k / U included."""
-    from fedmm_lite.fed.commands import compare_metrics
+    from fedmm_lite.timing import compare_metrics
     U = 1200
     a = {"valid": {"hr@50": 0.0}, "test": {"hr@50": 263 / U}}
     b = {"valid": {"hr@50": 0.0}, "test": {"hr@50": 262 / U}}

@@ -1,8 +1,8 @@
-"""FedMR (fed/fusion.py, algorithms.md section 3) in the federated engine.
+"""FedMR (fed/fedmr.py, fed/fusion.py; book/methods.md, "FedMR") in the federated engine.
 
 Oracles: the per-client loop (full copies, one client at a time) for the batched engine; a
-hand-written per-item formula for the fusion equations; the published defects of algorithms.md
-section 8 (zeroed image input, private state not restored, server update never applied, last-batch
+hand-written per-item formula for the fusion equations; the published defects of book/methods.md,
+"Defects" (zeroed image input, private state not restored, server update never applied, last-batch
 gradient uploaded, a global router) each get a test that fails if the defect is present.
 """
 from __future__ import annotations
@@ -15,8 +15,11 @@ import pytest
 import torch
 
 from fedmm_lite.data import NegativeSampler
-from fedmm_lite.fed import backbones, engine, feature_maps, fusion, oracle, run_federated
+from fedmm_lite.fed import engine, feature_maps, fusion, oracle, run_federated
+from fedmm_lite.fed.method import full_scores
 from fedmm_lite.fed.plan import make_plan
+from fedmm_lite.fed.rounds import run_round
+from fedmm_lite.fed.state import count_parameters, new_state
 
 from test_fed_equivalence import assert_same_run, small_config, tiny_dataset
 
@@ -43,7 +46,7 @@ def mr_config(backbone: str, **kw):
 def fresh_state(backbone, data, **kw):
     config = mr_config(backbone, **kw)
     gen = torch.Generator().manual_seed(0)
-    state = backbones.init_state(backbone, data.n_users, data.n_items, config, gen, "cpu", dataset=data)
+    state = new_state(config, data, gen)
     return config, state, gen
 
 
@@ -51,16 +54,15 @@ def one_round(state, data, config, users, t=1, gen=None):
     gen = gen or torch.Generator().manual_seed(5)
     plan = make_plan(data, torch.tensor(users), NegativeSampler(data, "cpu"), config.neg_ratio,
                      config.local_epochs, config.batch_size, gen)
-    return engine.train_round(state, [plan], config, t)
+    return run_round(state, [plan], config, t)[0]
 
 
 # --- the batched engine equals the per-client loop ----------------------------------------------
 
 @pytest.fixture(params=["kernel", "explicit"])
-def map_form(request, monkeypatch):
-    """Force one of the two exact forms of the clients' feature mappings (fed/feature_maps.py)."""
-    bound = float("inf") if request.param == "kernel" else 0.0
-    monkeypatch.setattr(feature_maps, "KERNEL_MAX_ROWS_PER_FEATURE", bound)
+def map_form(request):
+    """One of the two exact forms of the clients' feature mappings (fed/feature_maps.py), forced
+    through ``FedConfig.feature_map_form``."""
     return request.param
 
 
@@ -68,13 +70,13 @@ def map_form(request, monkeypatch):
 def test_fedmr_batched_engine_equals_per_client_loop(backbone, map_form):
     """beta = 0.6 < 1, H = 2 > 1, chunks of 3 < 9 participants, float64; each form of A_m,u."""
     data = mm_dataset()
-    config = mr_config(backbone)
+    config = mr_config(backbone, feature_map_form=map_form)
     batched = run_federated(data, config, progress=False)
-    loop = run_federated(data, dataclasses.replace(config, engine="loop"), progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
     assert_same_run(batched, loop)
-    assert torch.allclose(batched.router_weights, loop.router_weights, atol=1e-10)
+    assert torch.allclose(batched.details["router_weights"], loop.details["router_weights"], atol=1e-10)
     untouched = run_federated(data, dataclasses.replace(config, rounds=0), progress=False)
-    for name in batched.state.fusion.modules:    # not vacuous: every fusion module moved
+    for name in batched.state.method.modules:    # not vacuous: every fusion module moved
         assert (batched.state.global_[name] - untouched.state.global_[name]).abs().max() > 1e-8, name
 
 
@@ -84,25 +86,26 @@ def test_fedmr_batched_engine_equals_per_client_loop(backbone, map_form):
                                                  ("mlp", ("id", "text"))])
 def test_fedmr_ablations_equal_per_client_loop(strategy, modalities, map_form):
     data = mm_dataset(seed=1)
-    config = mr_config("pfedrec", strategy=strategy, modalities=modalities, rounds=2)
+    config = mr_config("pfedrec", strategy=strategy, modalities=modalities, rounds=2,
+                       feature_map_form=map_form)
     batched = run_federated(data, config, progress=False)
-    loop = run_federated(data, dataclasses.replace(config, engine="loop"), progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
     assert_same_run(batched, loop)
     g = batched.state.global_
     for m in ("id", "text", "image"):            # a dropped input has no mapping layer
         assert (f"A_{m}" in g) == (m in modalities)
     assert ("r_W1" in batched.state.private) == (strategy == "mix")
-    assert (batched.router_weights is None) == (strategy != "mix")
+    assert (batched.details["router_weights"] is None) == (strategy != "mix")
 
 
 def test_fedmr_upload_noise_reaches_module_uploads_and_matches_loop():
     data = mm_dataset(seed=2)
     config = mr_config("fedavg", noise="gaussian:0.01", rounds=2)
     batched = run_federated(data, config, progress=False)
-    loop = run_federated(data, dataclasses.replace(config, engine="loop"), progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
     assert_same_run(batched, loop)
     clean = run_federated(data, dataclasses.replace(config, noise="none"), progress=False)
-    for name in batched.state.fusion.modules:
+    for name in batched.state.method.modules:
         assert (clean.state.global_[name] - batched.state.global_[name]).abs().max() > 1e-4, name
 
 
@@ -111,7 +114,7 @@ def test_fedmr_upload_noise_reaches_module_uploads_and_matches_loop():
 def test_fusion_equations_match_per_item_formulas():
     data = mm_dataset()
     config, state, _ = fresh_state("fedavg", data)
-    g, p, setup = state.global_, state.private, state.fusion
+    g, p, setup = state.global_, state.private, state.method
     u = 2
     H = torch.nonzero(setup.history[u]).flatten()
     F = setup.features
@@ -130,9 +133,9 @@ def test_fusion_equations_match_per_item_formulas():
     pi = torch.softmax(p["r_W2"][u] @ hidden + p["r_c2"][u], 0)                 # (K,)
     expected = torch.stack([sum(pi[k] * s for k, s in enumerate(strategies_of(i)))
                             @ p["p"][u] + p["b"][u] for i in range(data.n_items)])
-    scores = backbones.full_scores(state, torch.tensor([u]))[0]
+    scores = full_scores(state, torch.tensor([u]))[0]
     assert torch.allclose(scores, expected, atol=1e-10)
-    assert torch.allclose(backbones.router_weights(state, torch.tensor([u]))[0], pi, atol=1e-12)
+    assert torch.allclose(state.method.router_weights(state, torch.tensor([u]))[0], pi, atol=1e-12)
     assert pi.sum() == pytest.approx(1.0)
 
 
@@ -152,7 +155,7 @@ def test_image_features_reach_the_loss():
     assert (a.state.global_["A_image"] - b.state.global_["A_image"]).abs().max() > 1e-6
     assert (a.state.global_["Q"] - b.state.global_["Q"]).abs().max() > 1e-6
     users = torch.arange(data.n_users)
-    assert (backbones.full_scores(a.state, users) - backbones.full_scores(b.state, users)).abs().max() > 1e-6
+    assert (full_scores(a.state, users) - full_scores(b.state, users)).abs().max() > 1e-6
     # and the gradient of the image mapping layer is not zero
     config, state, gen = fresh_state("fedavg", data)
     before = state.global_["A_image"].clone()
@@ -172,14 +175,14 @@ def test_private_routers_differ_persist_and_are_used_in_evaluation():
         assert torch.equal(state.private[k][:3], after_1[k][:3]), k        # sat out: unchanged
         assert not torch.equal(state.private[k][3:5], after_1[k][3:5]), k  # trained: moved
     users = torch.arange(data.n_users)
-    pi = backbones.router_weights(state, users)                            # (U, K)
+    pi = state.method.router_weights(state, users)                         # (U, K)
     assert pi.shape == (data.n_users, 3)
     assert torch.allclose(pi.sum(1), torch.ones(data.n_users, dtype=pi.dtype))
     assert (pi[0] - pi[1]).abs().max() > 1e-6                               # one vector per user
-    scores = backbones.full_scores(state, users)
+    scores = full_scores(state, users)
     for k in fusion.ROUTER:                                                 # give user 0 user 1's router
         state.private[k][0] = state.private[k][1]
-    swapped = backbones.full_scores(state, users)
+    swapped = full_scores(state, users)
     assert (swapped[0] - scores[0]).abs().max() > 1e-8
     assert torch.equal(swapped[1:], scores[1:])
 
@@ -201,11 +204,11 @@ def test_server_applies_the_round_update_start_minus_end(backbone):
     # only global tensors are uploaded: never a router (private) nor a feature (frozen)
     assert set(uploads.values) == set(state.global_)
     assert not set(uploads.values) & set(fusion.ROUTER)
-    for name in state.fusion.modules:
+    for name in state.method.modules:
         # Delta_u = start - end
         assert torch.allclose(uploads.values[name][0], start[name] - end[name], atol=1e-10), name
-    engine.train_round(state, [plan], config, 1)
-    for name in state.fusion.modules:
+    run_round(state, [plan], config, 1)
+    for name in state.method.modules:
         assert torch.allclose(state.global_[name], end[name], atol=1e-10), name
         assert (state.global_[name] - before[name]).abs().max() > 1e-6, name   # the module moved
 
@@ -231,9 +234,8 @@ def test_parameter_count_at_ku_size():
 
     for method, expected in (("id", 35_905), ("fedmr", 137_476)):
         config = small_config("fedavg", method=method, dim=64, router_hidden=16)
-        state = backbones.init_state("fedavg", 3, 560, config, torch.Generator().manual_seed(0),
-                                     "cpu", dataset=KU)
-        held, uploaded = backbones.count_parameters(state)
+        state = new_state(config, KU, torch.Generator().manual_seed(0))
+        held, uploaded = count_parameters(state)
         assert held == expected, (method, held)
     # hand count of the parts
     mapping = 2 * 64 * 512 + 64 * 64
@@ -242,7 +244,7 @@ def test_parameter_count_at_ku_size():
     router = 16 * 192 + 16 + 3 * 16 + 3
     assert 35_905 + mapping + mlp + gates + router == 137_476
     assert uploaded == 560 * 64 + mapping + mlp + gates             # the router is never uploaded
-    assert state.fusion.feature_scalars == 2 * 560 * 512
+    assert state.method.feature_download_scalars == 2 * 560 * 512
 
 
 def test_feature_map_forms_agree_and_are_chosen_by_rows():
@@ -274,9 +276,12 @@ def test_feature_map_forms_agree_and_are_chosen_by_rows():
         assert torch.allclose(form.upload(), A - by_hand, atol=1e-10)
     most = int(torch.bincount(plan.row_owner).max())
     assert most > 1
-    chosen = feature_maps.feature_maps({"image": F}, {"A_image": A}, plan, ("image",))
+    chosen = feature_maps.feature_maps({"image": F}, {"A_image": A}, plan, ("image",), "auto")
     kind = feature_maps.KernelMap if most <= 40 else feature_maps.ExplicitMap
     assert isinstance(chosen["image"], kind)
     narrow = feature_maps.feature_maps({"image": F[:, :most - 1]}, {"A_image": A[:, :most - 1]},
-                                       plan, ("image",))
+                                       plan, ("image",), "auto")
     assert isinstance(narrow["image"], feature_maps.ExplicitMap)
+    for form, kind in (("kernel", feature_maps.KernelMap), ("explicit", feature_maps.ExplicitMap)):
+        forced = feature_maps.feature_maps({"image": F}, {"A_image": A}, plan, ("image",), form)
+        assert isinstance(forced["image"], kind)

@@ -1,4 +1,4 @@
-"""``python -m fedmm_lite run --method fedmr`` end to end on the quick world (design.md, FIXED CLI).
+"""``python -m fedmm_lite run --method fedmr`` end to end on the quick world (the FIXED command line).
 
 Oracles: the FIXED keys, the planted groups of the world's ground truth (every group reported, its
 user count summing to U, router weights a probability vector), the hand-derivable parameter

@@ -30,18 +30,18 @@ def test_fixed_negatives_never_hit_a_training_item():
 def test_config_fixed_negatives_reach_the_plan_and_stay_fixed(tiny_folder, monkeypatch):
     """With negatives="fixed" every round trains on the same lowest-id negatives; "fresh" does not."""
     from fedmm_lite.data import build_dataset, read_folder
-    from fedmm_lite.fed import loop
+    from fedmm_lite.fed import rounds
     from fedmm_lite.fed.config import default_config
 
     dataset = build_dataset(read_folder(tiny_folder))
     plans = []
-    original = loop.make_plan
-    monkeypatch.setattr(loop, "make_plan", lambda *a, **k: plans.append(original(*a, **k)) or plans[-1])
+    original = rounds.make_plan
+    monkeypatch.setattr(rounds, "make_plan", lambda *a, **k: plans.append(original(*a, **k)) or plans[-1])
     items = {}
     for negatives in ("fixed", "fresh"):
         plans.clear()
         config = default_config("fedavg", rounds=3, local_epochs=1, negatives=negatives, device="cpu")
-        loop.run_federated(dataset, config, progress=False)
+        rounds.run_federated(dataset, config, progress=False)
         items[negatives] = [plan.items for plan in plans]
     assert len(items["fixed"]) == 3
     assert all(torch.equal(items["fixed"][0], p) for p in items["fixed"][1:])

@@ -1,13 +1,16 @@
-"""The privacy boundary (design.md): the server sees upload objects only, noise is added before it.
+"""The privacy boundary (book/methods.md, "Privacy"): the server sees upload objects only.
 
-- an ``UploadBatch`` carries named shared-tensor updates and training-set sizes, nothing else;
-- replacing every client's private tensors with garbage after the uploads are built leaves the
-  server's result unchanged;
+- an ``UploadBatch`` carries named shared-tensor updates, what the method reports, and training-set
+  sizes only where the rule weighs by them; nothing else;
+- the server side of a round, run from the uploads alone with every client's private state replaced
+  by garbage (or absent), gives exactly the global model of the untouched round; a deliberately
+  leaking server step is caught by the same check;
 - no private tensor appears in an upload, neither by storage nor by value;
-- ``--noise`` parses strictly and the noise has the requested scale.
+- ``--noise`` parses strictly, reaches every row of every upload, and has the requested scale.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -15,63 +18,125 @@ import torch
 
 from fedmm_lite.data import NegativeSampler
 from fedmm_lite.errors import OptionError
-from fedmm_lite.fed import backbones, engine, parse_noise
+from fedmm_lite.fed import backbones, engine, oracle, parse_noise
+from fedmm_lite.fed.method import IdMethod
 from fedmm_lite.fed.plan import make_plan
-from fedmm_lite.fed.privacy import NoiseSpec, client_noise
-from fedmm_lite.fed.server import Aggregator, UploadBatch
+from fedmm_lite.fed.privacy import NoiseSpec, client_noise, privatise
+from fedmm_lite.fed.rounds import NOISE_SEED_OFFSET, run_round
+from fedmm_lite.fed.server import ServerRound, UploadBatch
+from fedmm_lite.fed.state import new_state
 
 from test_fed_equivalence import fill_private, small_config, stored_tensors, tiny_dataset
+from test_fedmr import mm_dataset, mr_config
 
 TRAINED = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
+CLIENTS = [1, 4, 5, 9]
 
 
+def trained_state(config, data):
+    """A state after one round of every client (private state that is not its initial value)."""
+    state = new_state(config, data, torch.Generator().manual_seed(0))
+    plan = make_plan(data, torch.arange(data.n_users), NegativeSampler(data, "cpu"), config.neg_ratio,
+                     config.local_epochs, config.batch_size, torch.Generator().manual_seed(9))
+    run_round(state, [plan], config, 1)
+    return state
 
 
-def build_uploads(backbone, noise="none"):
+def round_plan(config, data):
+    return make_plan(data, torch.tensor(CLIENTS), NegativeSampler(data, "cpu"), config.neg_ratio,
+                     config.local_epochs, config.batch_size, torch.Generator().manual_seed(0))
+
+
+def client_side(state, plan, config, trainer=engine, noise="none"):
+    """The clients' half of round 2: uploads as the server receives them (privatised)."""
+    uploads, _ = trainer.train_chunk(state, plan, config, 2, state.method.downloads(state.server,
+                                                                                   plan.clients))
+    shapes = {k: tuple(v.shape) for k, v in state.global_.items()}
+    return privatise(uploads, parse_noise(noise), torch.Generator().manual_seed(NOISE_SEED_OFFSET),
+                     shapes, state.spec.tables)
+
+
+def server_side(state, uploads, config) -> dict:
+    """The server's half of round 2, built from ``state.server`` and fed the uploads."""
+    server = ServerRound(state.server, state.method, state.spec.rule, config, 2,
+                         keep_uploads=state.method.keeps_uploads)
+    server.receive(uploads)
+    server.close()
+    return state.global_
+
+
+def boundary_holds(config, data, trainer=engine, noise="none") -> bool:
+    """The real check: the whole round on one copy; on another, the client side, then every private
+    tensor and buffer set to NaN in place (and then removed), then the server side from the uploads
+    alone. The two global models must be identical."""
+    state = trained_state(config, data)
+    plan = round_plan(config, data)
+    reference = copy.deepcopy(state)
+    server_side(reference, client_side(reference, plan, config, trainer, noise), config)
+    uploads = client_side(state, plan, config, trainer, noise)
+    for value in list(state.private.values()) + list(state.buffers.values()):
+        fill_private(value, float("nan"))
+    state.private, state.buffers = None, None               # absent: any read would raise
+    result = server_side(state, uploads, config)
+    return all(torch.equal(result[k], reference.global_[k]) for k in reference.global_)
+
+
+def test_an_upload_holds_only_named_shared_updates_reports_and_sizes():
+    assert {f.name for f in dataclasses.fields(UploadBatch)} == {"n_clients", "sizes", "values", "rows",
+                                                                 "owners", "reports"}
     data = tiny_dataset()
-    config = small_config(backbone, noise=noise)
-    gen = torch.Generator().manual_seed(0)
-    state = backbones.init_state(backbone, data.n_users, data.n_items, config, gen, "cpu")
-    plan = make_plan(data, torch.tensor([1, 4, 5, 9]), NegativeSampler(data, "cpu"),
-                     config.neg_ratio, config.local_epochs, config.batch_size, gen)
-    uploads, _ = engine.train_chunk(state, plan, config, 1, parse_noise(noise),
-                                    torch.Generator().manual_seed(1))
-    return state, plan, uploads
-
-
-def aggregate(state, uploads):
-    spec = backbones.SPECS[state.backbone]
-    agg = Aggregator(spec.rule, {k: tuple(v.shape) for k, v in state.global_.items()},
-                     state.dtype, "cpu")
-    agg.add(uploads)
-    return agg.mean_update()
-
-
-def test_an_upload_holds_only_named_shared_updates_and_sizes():
-    assert {f.name for f in dataclasses.fields(UploadBatch)} == {"sizes", "values", "rows", "owners"}
     for backbone in TRAINED:
-        state, plan, uploads = build_uploads(backbone)
+        config = small_config(backbone)
+        state = new_state(config, data)
+        plan = round_plan(config, data)
+        uploads = client_side(state, plan, config)
         assert set(uploads.values) == set(state.global_)            # shared tensors only
         assert not set(uploads.values) & set(state.private)
-        assert torch.equal(uploads.sizes, plan.sizes)
+        assert set(uploads.reports) == set(state.spec.reported) == set()
+        # the training-set sizes travel only where the rule weighs by them
+        if backbones.SPECS[backbone].rule == "data_size":
+            assert torch.equal(uploads.sizes, plan.sizes)
+        else:
+            assert uploads.sizes is None
 
 
 @pytest.mark.parametrize("backbone", TRAINED)
 @pytest.mark.parametrize("noise", ["none", "gaussian:0.01"])
-def test_server_result_ignores_private_state(backbone, noise):
-    state, _, uploads = build_uploads(backbone, noise)
-    before = aggregate(state, uploads)
-    for value in state.private.values():
-        fill_private(value, float("nan"))
-    after = aggregate(state, uploads)
-    for name in before:
-        assert torch.equal(before[name], after[name]), name
+def test_server_side_of_a_round_reads_only_uploads(backbone, noise):
+    assert boundary_holds(small_config(backbone), tiny_dataset(), noise=noise)
+
+
+@pytest.mark.parametrize("backbone", ["fedavg", "pfedrec"])
+def test_server_side_reads_only_uploads_with_the_oracle_and_with_fedmr(backbone):
+    assert boundary_holds(small_config(backbone), tiny_dataset(), trainer=oracle)
+    assert boundary_holds(mr_config(backbone), mm_dataset(), noise="gaussian:0.01")
+
+
+def test_the_check_catches_a_server_step_that_reads_private_state(monkeypatch):
+    """A deliberately leaking method (its client session keeps a reference to the clients' private
+    tensors, its server step reads them) must fail the check; otherwise the check proves nothing."""
+    session = IdMethod.chunk_session
+
+    def chunk_session(self, state, *args):
+        self.leak = state.private
+        return session(state, *args)
+
+    def server_step(self, server, uploads, config, t):
+        server.global_["Q"] = server.global_["Q"] + self.leak["p"].mean()
+        return {}
+
+    monkeypatch.setattr(IdMethod, "chunk_session", chunk_session)
+    monkeypatch.setattr(IdMethod, "server_step", server_step)
+    assert not boundary_holds(small_config("fedavg"), tiny_dataset())
 
 
 @pytest.mark.parametrize("backbone", TRAINED)
 def test_no_private_tensor_in_an_upload(backbone):
-    state, plan, uploads = build_uploads(backbone)
-    uploaded = list(uploads.values.values()) + list(uploads.rows.values()) + [uploads.sizes]
+    config, data = small_config(backbone), tiny_dataset()
+    state = trained_state(config, data)
+    plan = round_plan(config, data)
+    uploads = client_side(state, plan, config)
+    uploaded = list(uploads.values.values()) + list(uploads.rows.values())
     pointers = {t.untyped_storage().data_ptr() for t in uploaded}
     for value in state.private.values():
         for tensor in stored_tensors(value):
@@ -91,8 +156,10 @@ def test_no_private_tensor_in_an_upload(backbone):
 
 
 def test_noise_is_added_to_every_row_of_every_upload():
-    state, plan, clean = build_uploads("fedavg")
-    _, _, noisy = build_uploads("fedavg", "gaussian:0.5")
+    config, data = small_config("fedavg"), tiny_dataset()
+    state = new_state(config, data)
+    plan = round_plan(config, data)
+    noisy = client_side(copy.deepcopy(state), plan, config, noise="gaussian:0.5")
     n = state.global_["Q"].shape[0]
     assert noisy.values["Q"].shape == (4 * n, state.global_["Q"].shape[1])
     assert torch.equal(noisy.rows["Q"], torch.arange(n).repeat(4))      # every row of every client

@@ -1,4 +1,4 @@
-"""Server rules on hand-made arrays (algorithms.md section 2; section 8 defect 7)."""
+"""Server rules on hand-made arrays (book/methods.md, "Backbones"; "Defects", item 7)."""
 from __future__ import annotations
 
 import pytest
@@ -54,7 +54,7 @@ def test_server_step_size_scales_the_mean_update():
 def _sparse_batch(sizes, rows, masks, values, towers):
     """The flat row upload of the clients: their real rows (mask True), client after client."""
     owners = torch.cat([torch.full((int(m.sum()),), c) for c, m in enumerate(masks)])
-    return UploadBatch(sizes=torch.tensor(sizes),
+    return UploadBatch(n_clients=len(sizes), sizes=torch.tensor(sizes),
                        values={"Q": torch.cat([v[m] for v, m in zip(values, masks)]),
                                "W": torch.stack(towers)},
                        rows={"Q": torch.cat([r[m] for r, m in zip(rows, masks)])},

@@ -1,10 +1,10 @@
-"""PFedRec's E_u store (fed/tuned.py) reads back exactly what a dense (U, n, d) table would hold."""
+"""PFedRec's E_u store (fed/tuned_tables.py) reads back exactly what a dense (U, n, d) table would hold."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fedmm_lite.fed.tuned import TunedTables
+from fedmm_lite.fed.tuned_tables import TunedTables
 
 
 def test_snapshot_plus_tuned_rows_equals_a_dense_table():

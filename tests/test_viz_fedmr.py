@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from fedmm_lite import viz_fedmr  # noqa: E402
 from fedmm_lite.fed import FedConfig, run_federated  # noqa: E402
-from fedmm_lite.fed.loop import RunResult  # noqa: E402
+from fedmm_lite.fed.rounds import RunResult  # noqa: E402
 from fedmm_lite.viz_features import modality_gap  # noqa: E402
 
 from test_fed_equivalence import small_config, tiny_dataset  # noqa: E402
@@ -57,7 +57,8 @@ def test_router_group_table_equals_a_loop_over_members():
     truth = {"user_group": groups, "group_names": ["looks", "words", "habits"],
              "group_modality": ["image", "text", "id"]}
     data = SimpleNamespace(ground_truth=truth)
-    result = _result(0.3, 0.1, router_weights=torch.tensor(pi), strategies=("sum", "mlp", "gate"))
+    result = _result(0.3, 0.1, details={"router_weights": torch.tensor(pi),
+                                        "strategies": ("sum", "mlp", "gate")})
     table = viz_fedmr.router_group_table(result, data)
     for g, name in enumerate(truth["group_names"]):
         members = [u for u in range(10) if groups[u] == g]

@@ -1,16 +1,18 @@
 """viz_runs: selection on validation vs test on hand-made histories, tables and figures."""
 import dataclasses
+from types import SimpleNamespace
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
+
 
 from fedmm_lite import viz_runs  # noqa: E402
 from fedmm_lite.fed import FedConfig, backbones  # noqa: E402
-from fedmm_lite.fed.loop import RunResult  # noqa: E402
+from fedmm_lite.fed.rounds import RunResult  # noqa: E402
+from fedmm_lite.fed.state import new_state  # noqa: E402
 
 
 def _entry(t, valid, test, loss=None):
@@ -87,7 +89,7 @@ def test_fedrap_schedule_matches_tanh_ramp():
 @pytest.mark.parametrize("name", ["fedavg", "fedncf", "pfedrec", "fedrap"])
 def test_sharing_table_never_marks_private_tensors_uploaded(name):
     config = FedConfig(backbone=name, dim=4)
-    state = backbones.init_state(name, 3, 5, config, torch.Generator().manual_seed(0), "cpu")
+    state = new_state(config, SimpleNamespace(n_users=3, n_items=5))
     table = viz_runs.sharing_table(state)
     spec = backbones.SPECS[name]
     private = set(spec.private_vectors) | set(spec.private_tables)

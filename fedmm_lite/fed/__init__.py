@@ -1,14 +1,15 @@
-"""The federated engine (algorithms.md sections 1, 2, 7; design.md "The engine").
+"""The federated engine (book/methods.md; CONTRIBUTING.md has the map of these rooms).
 
-Rooms: ``config`` (FedConfig, tuned defaults), ``plan`` (the randomness of a round), ``backbones``
-(what is shared / private, scores), ``engine`` (clients as a batch dimension), ``oracle`` (the
-per-client loop it must match), ``server`` (aggregation rules), ``privacy`` (upload noise),
-``loop`` (rounds, evaluation, model selection), ``fusion`` (FedMR's mapping layers, strategies,
-router and mix).
+``config`` (FedConfig, tuned defaults), ``rounds`` (the round every caller uses), ``plan`` (the
+randomness of a round), ``state`` (the five categories of tensors), ``backbones`` (the score
+functions, what is shared / private), ``method`` (the hooks a method adds; the ID method),
+``fedmr`` + ``fusion`` + ``feature_maps`` (FedMR), ``engine`` (clients as a batch dimension),
+``oracle`` (the per-client reference it must match), ``privacy`` (privatising uploads), ``server``
+(aggregation rules and the server's round).
 """
 from .config import BACKBONE_DEFAULTS, BACKBONES, FedConfig, default_config, validate
-from .loop import RunResult, run_federated
 from .privacy import NoiseSpec, parse_noise
+from .rounds import FederatedRun, RoundRecord, RunResult, run_federated
 
 __all__ = ["BACKBONE_DEFAULTS", "BACKBONES", "FedConfig", "default_config", "validate",
-           "RunResult", "run_federated", "NoiseSpec", "parse_noise"]
+           "FederatedRun", "RoundRecord", "RunResult", "run_federated", "NoiseSpec", "parse_noise"]

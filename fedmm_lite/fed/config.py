@@ -1,6 +1,6 @@
 """The configuration of one federated run: a frozen dataclass, overridden with ``dataclasses.replace``.
 
-Learning-rate convention (algorithms.md section 2). Every client loss is a MEAN over the client's
+Learning-rate convention (book/methods.md, "Backbones"). Every client loss is a MEAN over the client's
 mini-batch, and every update is plain SGD. Two step sizes:
 
 - ``lr`` moves the parameters every sample of a batch touches: user vectors, score functions
@@ -27,7 +27,8 @@ from ..errors import OptionError
 from .privacy import parse_noise
 
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap", "popularity")
-ENGINES = ("batched", "loop")
+ENGINES = ("batched", "oracle")
+MAP_FORMS = ("auto", "kernel", "explicit")
 METHODS = ("id", "fedmr")
 FUSION_STRATEGIES = ("mix", "sum", "mlp", "gate")
 # FedMR's module step, chosen on VALIDATION HR@50 of world-quick (FedAvg, 5 rounds, H = 1, quick
@@ -66,7 +67,7 @@ class FedConfig:
     """One federated run. ``None`` step sizes mean the backbone's tuned default (``BACKBONE_DEFAULTS``)."""
 
     backbone: str = "fedavg"      # fedavg | fcf | fedncf | pfedrec | fedrap | popularity
-    method: str = "id"            # id | fedmr (fusion.py); gfmfr not built
+    method: str = "id"            # id | fedmr (method.py, fedmr.py)
     rounds: int = 100             # communication rounds T (0 = evaluate the untrained model)
     local_epochs: int = 5         # H, passes over the client's samples per round (GFMFR: 5)
     sample_ratio: float = 1.0     # beta, fraction of clients sampled per round
@@ -81,7 +82,7 @@ class FedConfig:
     eval_every: int = 1           # evaluate valid and test every this many rounds
     seed: int = 0                 # one seed makes a run repeatable on the same device
     device: str = "auto"          # auto | cpu | cuda | cuda:N
-    engine: str = "batched"       # batched | loop (loop = the per-client oracle)
+    engine: str = "batched"       # batched (engine.py) | oracle (oracle.py, the per-client reference)
     noise: str = "none"           # none | gaussian:STD | laplace:SCALE on every upload
     negatives: str = "fresh"      # fresh | fixed (published defect 4, for the pitfall demo only)
     init_std: float = 0.1         # N(0, init_std^2) initialisation of embeddings and score vectors
@@ -92,11 +93,12 @@ class FedConfig:
     private_dtype: str = "float32"  # storage of the per-client tables E_u / D_u (float32 | bfloat16 | float16)
     dtype: str = "float32"        # compute dtype of parameters (tests use float64)
     eval_chunk_size: int = 256    # users scored at once during evaluation
-    # FedMR (method "fedmr", fed/fusion.py; algorithms.md section 3)
+    # FedMR (method "fedmr": fedmr.py, fusion.py; book/methods.md, "FedMR")
     strategy: str = "mix"         # mix (router over sum, mlp, gate) | sum | mlp | gate (one, no router)
     modalities: tuple = ("id", "text", "image")  # inputs fused; dropping one removes its mapping and term
     router_hidden: int = 16       # width of the private router MLP (K d -> hidden -> K)
     fusion_lr: float | None = None  # step of the global mapping and strategy modules (None = FUSION_LR)
+    feature_map_form: str = "auto"  # the engine's per-client A_m: auto | kernel | explicit (feature_maps.py)
 
     def fusion_step(self) -> float:
         """Step of FedMR's global fusion modules: ``fusion_lr``, or ``FUSION_LR``."""
@@ -121,6 +123,8 @@ def validate(config: FedConfig) -> FedConfig:
         raise OptionError(f"negatives {c.negatives!r}: fresh | fixed")
     if c.engine not in ENGINES:
         raise OptionError(f"engine {c.engine!r}: choose one of {', '.join(ENGINES)}")
+    if c.feature_map_form not in MAP_FORMS:
+        raise OptionError(f"feature_map_form {c.feature_map_form!r}: choose one of {', '.join(MAP_FORMS)}")
     checks = [
         (c.rounds >= 0, f"--rounds {c.rounds}: must be >= 0"),
         (c.local_epochs >= 1, f"--local-epochs {c.local_epochs}: must be >= 1"),

@@ -33,7 +33,7 @@ import torch
 
 from .rows import add_rows, gather_rows
 
-KERNEL_MAX_ROWS_PER_FEATURE = 1.0   # kernel form while max |I_u| <= this * D_m (tests move it)
+FORMS = ("auto", "kernel", "explicit")
 
 
 def _clients(act, n_clients: int, device) -> torch.Tensor:
@@ -111,13 +111,17 @@ class KernelMap:
         return -(self.coef.transpose(1, 2) @ self.padded)
 
 
-def feature_maps(features: dict, global_: dict, plan, modalities) -> dict:
-    """modality -> the chunk's per-client A_m (``KernelMap`` or ``ExplicitMap``, module doc)."""
+def feature_maps(features: dict, global_: dict, plan, modalities, form: str = "auto") -> dict:
+    """modality -> the chunk's per-client A_m (module doc). ``form``: "auto" picks per modality the
+    kernel form while the chunk's largest |I_u| <= D_m, the explicit form beyond; "kernel" or
+    "explicit" forces one (``FedConfig.feature_map_form``: tests and benches compare them)."""
+    if form not in FORMS:
+        raise ValueError(f"feature_maps: form {form!r}; choose one of {', '.join(FORMS)}")
     counts = torch.bincount(plan.row_owner, minlength=plan.n_clients)
     most_rows = int(counts.max()) if plan.n_clients else 0                       # max |I_u|
     maps = {}
     for m in modalities:
         F, A = features[m], global_[f"A_{m}"]
-        kind = KernelMap if most_rows <= KERNEL_MAX_ROWS_PER_FEATURE * F.shape[1] else ExplicitMap
-        maps[m] = kind(F, A, plan)
+        kernel = form == "kernel" or (form == "auto" and most_rows <= F.shape[1])
+        maps[m] = (KernelMap if kernel else ExplicitMap)(F, A, plan)
     return maps

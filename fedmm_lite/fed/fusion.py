@@ -1,4 +1,4 @@
-"""FedMR's Mixing Feature Fusion Module (algorithms.md section 3): mapping layers, strategies, router.
+"""FedMR's Mixing Feature Fusion Module (book/methods.md, "FedMR"): mapping layers, strategies, router.
 
 For an item i a client scores, with frozen item features F_v[i] (D_v,), F_t[i] (D_t,) and the
 backbone's ID vector e_i (d,) (the row of its item table; FedRAP: D_u[i] + C[i]):
@@ -11,7 +11,7 @@ backbone's ID vector e_i (d,) (the row of its item table; FedRAP: D_u[i] + C[i])
                        pi_u = softmax(R_2 relu(R_1 x_u + r_1) + r_2)                (K,) ONE softmax
     Eq. (6) mix:       z_i  = sum_k pi_u,k s_k(i)                                   (d,)
 
-z_i replaces the item embedding in the backbone's score (backbones.py). The mapping layers and the
+z_i replaces the item embedding in the backbone's score (``backbones.score``). The mapping layers and the
 strategy parameters are GLOBAL (dense modules, uploaded as start - end and averaged with the
 backbone's rule); the router (R_1, r_1, R_2, r_2) is PRIVATE, one per user, kept across rounds.
 The features are frozen: never trained, never uploaded (downloaded once).
@@ -23,18 +23,16 @@ three strategies and the router.
 
 Every function works with or without a leading client axis: the batched engine passes (C, L, ...)
 rows with stacked (C, ...) module copies, the per-client oracle and evaluation pass plain tensors.
-Deliberate differences from the published code (algorithms.md section 8): the image features are
+Deliberate differences from the published code (book/methods.md, "Defects"): the image features are
 used (never zeroed); the gate multiplies the features; the router is per user, softmaxed once.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
-
 import torch
 
+from .backbones import linear_init
+
 STRATEGIES = ("sum", "mlp", "gate")
-MODALITIES = ("id", "text", "image")
 ROUTER = ("r_W1", "r_c1", "r_W2", "r_c2")
 
 
@@ -43,38 +41,19 @@ def strategy_names(strategy: str) -> tuple:
     return STRATEGIES if strategy == "mix" else (strategy,)
 
 
-@dataclass
-class FusionSetup:
-    """What a FedMR run adds to the backbone's state (held in ``FedState.fusion``).
-
-    ``features`` and ``history`` are frozen inputs, not parameters: the features are downloaded
-    once (``feature_scalars`` counts them), the history mask is the client's own data."""
-
-    spec: object                      # the backbone's BackboneSpec extended with the fusion tensors
-    strategies: tuple                 # names of the strategies used, in order (K of them)
-    modalities: tuple                 # inputs used, a subset of ("id", "text", "image")
-    modules: tuple                    # names of the global fusion tensors (mapping + strategies)
-    features: dict = field(default_factory=dict)   # modality -> (n, D_m) frozen features
-    history: torch.Tensor | None = None            # (U, n) bool: the user's training items H_u
-
-    @property
-    def routed(self) -> bool:
-        return len(self.strategies) > 1
-
-    @property
-    def feature_scalars(self) -> int:
-        return sum(int(f.numel()) for f in self.features.values())
-
-    def to(self, device) -> "FusionSetup":
-        return replace(self, features={k: v.to(device) for k, v in self.features.items()},
-                       history=None if self.history is None else self.history.to(device))
+def module_names(strategy: str, modalities) -> tuple:
+    """Names of the GLOBAL fusion tensors: the mapping layers A_m, then the strategies' parameters."""
+    names = [f"A_{m}" for m in modalities]
+    if "mlp" in strategy_names(strategy):
+        names += ["M_W1", "M_c1", "M_W2", "M_c2"]
+    if "gate" in strategy_names(strategy):
+        names += [f"G_{m}" for m in modalities]
+    return tuple(names)
 
 
-def _linear(out_dim, in_dim, generator, dtype, lead=()):
-    """nn.Linear's default U(-1/sqrt(in), 1/sqrt(in)), with optional leading axes (users)."""
-    bound = 1.0 / math.sqrt(in_dim)
-    shape = tuple(lead) + (out_dim, in_dim)
-    return ((torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound).to(dtype)
+def router_names(strategy: str) -> tuple:
+    """Names of the PRIVATE router tensors: none for a single strategy (its weight is 1)."""
+    return ROUTER if len(strategy_names(strategy)) > 1 else ()
 
 
 def standardise(F: torch.Tensor) -> torch.Tensor:
@@ -86,46 +65,35 @@ def standardise(F: torch.Tensor) -> torch.Tensor:
     return centred / centred.norm(dim=1).mean().clamp(min=1e-12)
 
 
-def init_fusion(config, features: dict, history: torch.Tensor, base_spec, n_users: int,
-                generator: torch.Generator, dtype) -> tuple[dict, dict, FusionSetup]:
-    """Initial global fusion tensors, private routers (U, ...) and the ``FusionSetup``.
-
-    Drawn on CPU from ``generator`` after the backbone's own tensors, in a fixed order."""
+def init_tensors(config, widths: dict, n_users: int, generator: torch.Generator,
+                 dtype) -> tuple[dict, dict]:
+    """Initial global fusion modules and private routers (U, ...), drawn on CPU from ``generator``
+    in a fixed order (after the backbone's own tensors). ``widths``: modality -> D_m."""
     d, mods = config.dim, tuple(config.modalities)
     names = strategy_names(config.strategy)
-    dims = {"id": d, **{m: int(f.shape[1]) for m, f in features.items()}}
+    dims = {"id": d, **widths}
     g, p = {}, {}
     for m in mods:
-        g[f"A_{m}"] = _linear(d, dims[m], generator, dtype)                     # (d, D_m)
+        g[f"A_{m}"] = linear_init(d, dims[m], generator, dtype)                 # (d, D_m)
     if "id" in mods:
         # A_id starts at the identity: h_id = e_i, so FedMR starts from the backbone's own item
         # embedding plus the feature terms (a random A_id diluted the item table's tuned step)
         g["A_id"] = torch.eye(d, dtype=dtype)
     if "mlp" in names:
-        g["M_W1"] = _linear(d, len(mods) * d, generator, dtype)                 # (d, |M| d)
+        g["M_W1"] = linear_init(d, len(mods) * d, generator, dtype)             # (d, |M| d)
         g["M_c1"] = torch.zeros(d, dtype=dtype)                                 # (d,)
-        g["M_W2"] = _linear(d, d, generator, dtype)                             # (d, d)
+        g["M_W2"] = linear_init(d, d, generator, dtype)                         # (d, d)
         g["M_c2"] = torch.zeros(d, dtype=dtype)                                 # (d,)
     if "gate" in names:
         for m in mods:
-            g[f"G_{m}"] = _linear(d, d, generator, dtype)                       # (d, d)
+            g[f"G_{m}"] = linear_init(d, d, generator, dtype)                   # (d, d)
     K, hidden = len(names), config.router_hidden
     if K > 1:
-        p["r_W1"] = _linear(hidden, K * d, generator, dtype, (n_users,))        # (U, h, K d)
+        p["r_W1"] = linear_init(hidden, K * d, generator, dtype, (n_users,))    # (U, h, K d)
         p["r_c1"] = torch.zeros(n_users, hidden, dtype=dtype)                   # (U, h)
-        p["r_W2"] = _linear(K, hidden, generator, dtype, (n_users,))            # (U, K, h)
+        p["r_W2"] = linear_init(K, hidden, generator, dtype, (n_users,))        # (U, K, h)
         p["r_c2"] = torch.zeros(n_users, K, dtype=dtype)                        # (U, K)
-    modules = tuple(g)
-    router = tuple(p)
-    phases = base_spec.phases
-    if phases is not None:
-        # PFedRec: the router joins the score-function step, the shared modules the item step
-        phases = (tuple(phases[0]) + router, tuple(phases[1]) + modules)
-    spec = replace(base_spec, dense=tuple(base_spec.dense) + modules,
-                   private_vectors=tuple(base_spec.private_vectors) + router, phases=phases)
-    used = {m: standardise(torch.as_tensor(features[m]).to(dtype)) for m in mods if m != "id"}
-    setup = FusionSetup(spec, names, mods, modules, used, history)
-    return g, p, setup
+    return g, p
 
 
 def _apply(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -197,9 +165,11 @@ def mix(S: torch.Tensor, pi: torch.Tensor | None) -> torch.Tensor:
     return (S * pi.unsqueeze(-2).unsqueeze(-1)).sum(-2)
 
 
-def fuse(setup: FusionSetup, params: dict, id_rows: dict, feats: dict, n_batch: int,
+def fuse(fedmr, params: dict, id_rows: dict, feats: dict, n_batch: int,
          pos_mask: torch.Tensor | None, mapped: dict | None = None):
-    """Personalised item representations of a mini-batch, per ID branch.
+    """Personalised item representations of a mini-batch, per ID branch (Eqs. (1)-(6)).
+
+    ``fedmr``: the run's FedMR method (fedmr.py: its ``modalities``, ``strategies``, ``routed``).
 
     ``id_rows`` branch -> (..., n_batch + P, d): the batch's ID vectors, then those of the
     user's training items H_u (``pos_mask`` (..., P) marks the real ones; a single strategy has
@@ -209,26 +179,26 @@ def fuse(setup: FusionSetup, params: dict, id_rows: dict, feats: dict, n_batch: 
     branches (FedNCF: GMF and MLP tables) the modules and the router are shared and the router's
     input is the mean over both branches of Eq. (5)'s summary.
     """
-    S = {b: strategy_outputs(params, map_inputs(params, rows, feats, setup.modalities, mapped),
-                             setup.strategies, setup.modalities) for b, rows in id_rows.items()}
+    S = {b: strategy_outputs(params, map_inputs(params, rows, feats, fedmr.modalities, mapped),
+                             fedmr.strategies, fedmr.modalities) for b, rows in id_rows.items()}
     pi = None
-    if setup.routed:
+    if fedmr.routed:
         x = sum(history_summary(s[..., n_batch:, :, :], pos_mask) for s in S.values()) / len(S)
         pi = router_weights(params, x)
     return {b: mix(s[..., :n_batch, :, :], pi) for b, s in S.items()}, pi
 
 
-def fuse_all_items(setup: FusionSetup, params: dict, id_tables: dict, history: torch.Tensor):
+def fuse_all_items(fedmr, params: dict, id_tables: dict, history: torch.Tensor):
     """Evaluation: z for every item and every user of a chunk (c users, n items).
 
     ``id_tables`` branch -> (n, d) (a global table) or (c, n, d) (per-user tables: PFedRec's E_u,
     FedRAP's D_u + C); ``history`` (c, n) bool, the users' training items. Returns
     (branch -> (c, n, d), pi (c, K) or None)."""
     c = history.shape[0]
-    S = {b: strategy_outputs(params, map_inputs(params, t, setup.features, setup.modalities),
-                             setup.strategies, setup.modalities) for b, t in id_tables.items()}
+    S = {b: strategy_outputs(params, map_inputs(params, t, fedmr.features, fedmr.modalities),
+                             fedmr.strategies, fedmr.modalities) for b, t in id_tables.items()}
     pi = None
-    if setup.routed:
+    if fedmr.routed:
         x = 0
         for s in S.values():
             s = s if s.dim() == 4 else s.unsqueeze(0)                           # (c or 1, n, K, d)

@@ -1,6 +1,6 @@
 """Closed-form mini-batch gradients of the matrix-factorisation backbones, for the batched engine.
 
-FedAvg, FCF, PFedRec and FedRAP all score with an inner product (algorithms.md section 2):
+FedAvg, FCF, PFedRec and FedRAP all score with an inner product (``backbones.score``):
 
     s_ui = u . x_i + b_u      u = p_u (FedAvg, FCF) or w_u (PFedRec, FedRAP),
                               x_i = Q[i], E[i], or D_u[i] + C[i] (FedRAP)
@@ -22,9 +22,10 @@ and FedRAP's regulariser R_u (``backbones.regulariser``), with delta = D_u[i] - 
 (n_R = d * number of valid rows; the clip's gradient is 0 at and beyond tau, as autograd's).
 
 Written out, a step is a handful of batched products instead of an autograd graph per mini-batch
-position: that overhead, not arithmetic, dominates the engine on small batches. The per-client loop
-oracle keeps autograd, so the equivalence tests check these formulas against an independent
-computation; ``tests/test_fed_gradients.py`` also compares them with autograd directly.
+position: that overhead, not arithmetic, dominates the engine on small batches. This is a fast path
+of ``backbones.score`` and ``backbones.regulariser`` (it calls them for the loss values): the
+per-client oracle keeps autograd, so the equivalence tests check these formulas against an
+independent computation; ``tests/test_fed_gradients.py`` also compares them with autograd directly.
 FedNCF (a tower) and FedMR (fusion modules) keep autograd in the engine.
 """
 from __future__ import annotations
@@ -32,16 +33,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backbones import fedrap_weights
+from . import backbones
 
 # backbone -> (user vector, item tables whose rows sum to x_i)
 INNER_PRODUCT = {"fedavg": ("p", ("Q",)), "fcf": ("p", ("Q",)),
                  "pfedrec": ("w", ("E",)), "fedrap": ("w", ("D", "C"))}
 
 
-def has_closed_form(state) -> bool:
-    """True when the engine may use these formulas: an inner-product backbone without FedMR."""
-    return state.fusion is None and state.backbone in INNER_PRODUCT
+def has_closed_form(backbone: str) -> bool:
+    """True for the inner-product backbones, whose gradients are written out here (a method that
+    changes the item representation, FedMR, keeps autograd: method.ChunkSession.closed_form)."""
+    return backbone in INNER_PRODUCT
 
 
 def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.Tensor,
@@ -55,8 +57,8 @@ def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.T
     """
     user, tables = INNER_PRODUCT[backbone]
     u = view[user]                                                               # (A, d)
-    x = view[tables[0]] if len(tables) == 1 else view[tables[0]] + view[tables[1]]  # (A, B, d)
-    s = (x * u.unsqueeze(1)).sum(2) + view["b"].unsqueeze(1)                    # (A, B)
+    x = backbones.id_rows(backbone, view)["item"]                               # (A, B, d)
+    s = backbones.score(backbone, view, {"item": x})                            # (A, B)
     loss = None
     if with_loss:
         loss = (F.binary_cross_entropy_with_logits(s, y, reduction="none") * m).sum(1)
@@ -73,14 +75,15 @@ def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.T
         if name in names:
             grads[name] = row_grad
     if backbone == "fedrap":
-        reg = _fedrap_regulariser(view, names, valid, t, config, grads)
-        loss = None if loss is None else loss + reg
+        _fedrap_gradients(view, names, valid, t, config, grads)
+        if loss is not None:
+            loss = loss + backbones.regulariser(backbone, view, valid, t, config)
     return loss, [grads.get(name) for name in names]
 
 
-def _fedrap_regulariser(view, names, valid, t, config, grads) -> torch.Tensor:
-    """FedRAP's R_u (A,) (``backbones.regulariser``); adds (G3) to ``grads`` in place."""
-    lam, mu = fedrap_weights(t, config)
+def _fedrap_gradients(view, names, valid, t, config, grads) -> None:
+    """Adds (G3), the gradients of FedRAP's R_u (``backbones.regulariser``), to ``grads``."""
+    lam, mu = backbones.fedrap_weights(t, config)
     d_rows, c_rows = view["D"], view["C"]                                       # (A, B, d)
     m = valid.to(d_rows.dtype).unsqueeze(-1)                                    # (A, B, 1)
     n_r = (m.sum(dim=(1, 2)) * d_rows.shape[-1]).clamp(min=1)                   # (A,)
@@ -88,11 +91,8 @@ def _fedrap_regulariser(view, names, valid, t, config, grads) -> torch.Tensor:
     sq = delta ** 2
     inside = (sq < config.fedrap_bound).to(delta.dtype)                         # clip gradient mask
     scale = (m / n_r.view(-1, 1, 1))                                            # (A, B, 1)
-    reg = (-lam * (torch.clamp(sq, max=config.fedrap_bound) * m).sum(dim=(1, 2))
-           + mu * (c_rows.abs() * m).sum(dim=(1, 2))) / n_r
     pull = 2 * lam * delta * inside * scale                                     # (G3)
     if "D" in names:
         grads["D"] = grads["D"] - pull
     if "C" in names:
         grads["C"] = grads["C"] + pull + mu * torch.sign(c_rows) * scale
-    return reg

@@ -3,7 +3,7 @@
 Nothing here is used unless a configuration asks for it by name (``FedConfig.negatives="fixed"``);
 the correct behaviour is the default everywhere.
 
-algorithms.md section 8, defect 4: negatives taken as the lowest-id items the user has not
+book/methods.md, "Defects", item 4: negatives taken as the lowest-id items the user has not
 interacted with, identical every round. The model then only ever learns that a handful of
 low-id items are bad, and every other item is never contrasted with the positives.
 """

@@ -7,7 +7,7 @@ exactly the same random draws and can be compared parameter by parameter. Per ro
 2. For each chunk of participants, ``make_plan``:
    - the client's samples: every training positive once (label 1) and ``neg_ratio`` fresh uniform
      negatives per positive (label 0) from the items NOT in its training set (``NegativeSampler``;
-     held-out items may be drawn, algorithms.md section 1); redrawn every round, never a fixed list;
+     held-out items may be drawn, book/methods.md "Protocol"); redrawn every round, never a fixed list;
    - one independent shuffle of the samples per local epoch;
    - mini-batches: position k of epoch e holds shuffled samples k*B .. (k+1)*B - 1. A client with
      fewer samples has a short or empty batch at that position (``valid`` mask): it must not move.

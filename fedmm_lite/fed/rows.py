@@ -1,5 +1,5 @@
 """Reading and updating rows of a chunk's flat tables (Q, d): the engine's item rows, FedMR's
-per-client coefficients (kernel_maps.py). One place decides how, per device."""
+per-client coefficients (feature_maps.py). One place decides how, per device."""
 from __future__ import annotations
 
 import torch

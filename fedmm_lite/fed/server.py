@@ -1,9 +1,11 @@
-"""Server rules (algorithms.md section 2): small pure functions whose weights sum to 1.
+"""The server side of a round: aggregation rules (book/methods.md, "Backbones") and the method's step.
 
 The server sees ONLY ``UploadBatch`` objects: the shared tensors' round updates of some clients
 (Delta_u = start - end of local training, i.e. the learning-rate-scaled sum of all local gradients,
-never the last batch's gradient) and the training-set sizes the data-size rule needs. It never
-sees a user id, a private tensor or a sample (design.md, "The privacy boundary").
+never the last batch's gradient), what a method has its clients report (GFMFR's prediction
+functions), and the training-set sizes where the data-size rule needs them. It never sees a user
+id, a private tensor or a sample: ``ServerRound`` is built from the server's own state
+(``state.ServerState``) and receives uploads, nothing else (the privacy boundary).
 
 With weights a_u over this round's participants P (a_u >= 0, sum_u a_u = 1):
 
@@ -30,29 +32,37 @@ RULES = ("data_size", "uniform")
 
 @dataclass
 class UploadBatch:
-    """The uploads of C clients: named shared-tensor updates and training-set sizes, nothing else.
+    """The uploads of C clients: named shared-tensor updates, reports, and sizes where needed.
 
     ``values[name]`` is (Q, d) for an item table: Q rows, the rows of client after client, with
     ``rows[name]`` (Q,) their item indices and ``owners[name]`` (Q,) the position (0..C-1) of the
-    client each row came from; it is (C, ...) for a small module (no rows entry).
+    client each row came from; it is (C, ...) for a small module (no rows entry). ``reports[name]``
+    (C, ...) are private tensors the method has clients upload, never averaged. ``sizes`` (C,) are
+    the training-set sizes n_u, uploaded only under the data-size rule (None otherwise).
     """
 
-    sizes: torch.Tensor                                    # (C,) training-set sizes n_u
+    n_clients: int
+    sizes: torch.Tensor | None = None                      # (C,) n_u, data-size rule only
     values: dict = field(default_factory=dict)             # name -> (Q, d) or (C, ...)
     rows: dict = field(default_factory=dict)               # name -> (Q,) long, item of each row
     owners: dict = field(default_factory=dict)             # name -> (Q,) long, client of each row
+    reports: dict = field(default_factory=dict)            # name -> (C, ...), not averaged
 
-    @property
-    def n_clients(self) -> int:
-        return int(self.sizes.shape[0])
+    @classmethod
+    def for_rule(cls, rule: str, sizes: torch.Tensor) -> "UploadBatch":
+        """An empty batch of ``len(sizes)`` clients that carries the sizes only if ``rule`` needs them."""
+        return cls(int(sizes.shape[0]), sizes.clone() if rule == "data_size" else None)
 
 
-def raw_weights(rule: str, sizes: torch.Tensor) -> torch.Tensor:
-    """Unnormalised weights r_u: n_u for "data_size", 1 for "uniform"."""
+def raw_weights(rule: str, sizes: torch.Tensor | None, n_clients: int | None = None) -> torch.Tensor:
+    """Unnormalised weights r_u: n_u for "data_size", 1 for "uniform" (which needs no sizes)."""
     if rule == "data_size":
+        if sizes is None:
+            raise ValueError("server: the data-size rule needs the clients' training-set sizes")
         return sizes.to(torch.float64)
     if rule == "uniform":
-        return torch.ones_like(sizes, dtype=torch.float64)
+        n = int(sizes.shape[0]) if sizes is not None else n_clients
+        return torch.ones(n, dtype=torch.float64)
     raise ValueError(f"server: unknown rule {rule!r}; choose one of {RULES}")
 
 
@@ -88,7 +98,8 @@ class Aggregator:
         self.clients = 0
 
     def add(self, batch: UploadBatch) -> None:
-        r = raw_weights(self.rule, batch.sizes).to(device=next(iter(self.buffers.values())).device)
+        r = raw_weights(self.rule, batch.sizes, batch.n_clients).to(
+            device=next(iter(self.buffers.values())).device)
         self.total += float(r.sum())
         self.clients += batch.n_clients
         for name, value in batch.values.items():
@@ -107,3 +118,30 @@ class Aggregator:
         if not self.total > 0:
             raise ValueError("server: no upload with a positive weight this round")
         return {k: v / self.total for k, v in self.buffers.items()}
+
+
+class ServerRound:
+    """The server's side of one round: receive the (privatised) uploads chunk by chunk, then
+    ``close``: theta <- theta - eta_s * sum_u a_u Delta_u with the backbone's rule, then the
+    method's server step. Built from ``ServerState`` only: no client state is within reach.
+
+    Uploads are aggregated as they arrive (a round's uploads are never all held at once) unless
+    the method's server step needs them (``keep_uploads``: GFMFR groups its clients by them)."""
+
+    def __init__(self, server, method, rule: str, config, t: int, keep_uploads: bool = False):
+        self.server, self.method, self.config, self.t = server, method, config, t
+        shapes = {k: tuple(v.shape) for k, v in server.global_.items()}
+        value = next(iter(server.global_.values()))
+        self.aggregator = Aggregator(rule, shapes, value.dtype, value.device)
+        self.kept = [] if keep_uploads else None
+
+    def receive(self, batch: UploadBatch) -> None:
+        self.aggregator.add(batch)
+        if self.kept is not None:
+            self.kept.append(batch)
+
+    def close(self) -> dict:
+        """Apply the averaged update and the method's server step; returns its diagnostics."""
+        _, _, server_lr = self.config.step_sizes()
+        self.server.global_ = apply_update(self.server.global_, self.aggregator.mean_update(), server_lr)
+        return self.method.server_step(self.server, self.kept or [], self.config, self.t)

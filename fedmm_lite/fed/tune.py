@@ -19,7 +19,7 @@ import torch
 from ..data import load_dataset
 from ..errors import OptionError
 from .config import FedConfig, validate
-from .loop import run_federated
+from .rounds import run_federated
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""Figures the chapters draw. Each function takes data, draws on a new matplotlib figure and
+"""Figures of the data (chapter 1): the item grid, degree distributions, the leave-one-out split,
+the world's planted groups. Each function takes data, draws on a new matplotlib figure and
 returns it, so that notebooks stay one line per figure and the same figure comes out every build.
 """
 from __future__ import annotations

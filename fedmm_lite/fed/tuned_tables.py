@@ -1,7 +1,7 @@
 """PFedRec's private tuned tables E_u, stored as what they are: a shared snapshot plus a few rows.
 
 After local training, client u keeps E_u = its copy of the global table E after the round
-(algorithms.md section 2, PFedRec). That copy differs from the E it received only on the rows it
+(book/methods.md, "Backbones": PFedRec). That copy differs from the E it received only on the rows it
 trained: its positives and that round's negatives, at most (1 + neg_ratio) n_u items. So
 
     E_u = E^(t_u)  with rows  i in I_u  replaced by the client's tuned values,

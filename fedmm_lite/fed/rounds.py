@@ -1,0 +1,282 @@
+"""The federated round, the one every caller uses (the command line, the chapters, benches, tests).
+
+A round t = 1..T (book/methods.md, "Protocol"):
+
+1. plan: sample ceil(beta * U) participants, order them by training-set size (a chunk then holds
+   clients of similar size and little padding; the order changes no client's result) and draw each
+   chunk's plan (plan.py: negatives, shuffles, batches) from the run's generator;
+2. the clients train: the batched engine (engine.py) or the per-client oracle (oracle.py) turns a
+   chunk's plan into its uploads and writes the clients' private state back, nothing else;
+3. the uploads are privatised (privacy.py) before the server sees them;
+4. the server aggregates them with the backbone's rule and runs the method's server step
+   (server.py), from its own state and the uploads only;
+5. every ``eval_every`` rounds (and at the last), valid and test are evaluated with full ranking.
+
+``FederatedRun(dataset, config)`` holds a run's state; iterating it yields one ``RoundRecord`` per
+round (round 0 evaluates the untrained model), so a caller can time, draw a progress bar or stop
+early without patching anything. ``run_federated`` consumes it and selects the round with the best
+VALIDATION HR@50 (earliest on ties); test is read at that round, never used to select.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import resolve_device
+from ..data import NegativeSampler
+from ..metrics import evaluate
+from . import engine, oracle
+from .config import FedConfig, validate
+from .method import full_scores, make_method
+from .pitfalls import FixedLowestNegatives
+from .plan import chunks, make_plan, sample_participants
+from .privacy import parse_noise, privatise
+from .server import ServerRound
+from .state import count_parameters, init_state
+
+KS = (10, 20, 50)
+SELECT_ON = "hr@50"
+TRAINERS = {"batched": engine, "oracle": oracle}
+CHUNK_SPREAD = 2.0      # the longest client of a chunk has at most twice the samples of its shortest
+NOISE_SEED_OFFSET = 1_000_003   # the upload noise has a generator of its own: seed + this
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced. ``valid``/``test`` are None when the round was not evaluated."""
+
+    round: int
+    train_loss: float | None          # mean over participants of their mean mini-batch loss
+    train_seconds: float              # clients, privatising and server; evaluation excluded
+    participants: int
+    valid: dict | None = None
+    test: dict | None = None
+    server: dict = field(default_factory=dict)   # the method's server-step diagnostics
+
+
+def plan_round(dataset, config: FedConfig, generator: torch.Generator, sampler, sizes: torch.Tensor,
+               mixes_sizes: bool = True):
+    """One round's participants (sorted by training-set size) and their chunk plans, drawn lazily.
+
+    Chunks hold clients of similar size (``plan.chunks``); a method that pads every client's
+    history to the longest of its chunk (FedMR: ``mixes_sizes`` False) never mixes them freely."""
+    participants = sample_participants(dataset.n_users, config.sample_ratio, generator)
+    participants = participants[torch.argsort(sizes[participants], stable=True)]
+    mix_above = config.batch_size if mixes_sizes else float("inf")
+    plans = (make_plan(dataset, chunk, sampler, config.neg_ratio, config.local_epochs,
+                       config.batch_size, generator)
+             for chunk in chunks(participants, config.chunk_size,
+                                 sizes[participants] * (1 + config.neg_ratio), config.chunk_samples,
+                                 spread=CHUNK_SPREAD, mix_above=mix_above))
+    return participants, plans
+
+
+def popularity_scores(dataset, device, dtype=torch.float32) -> torch.Tensor:
+    """(n,) training interactions per item: the non-federated most-popular reference."""
+    counts = np.bincount(np.asarray(dataset.train_indices), minlength=dataset.n_items)
+    return torch.as_tensor(counts, dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device):
+    """On CUDA, PyTorch's deterministic algorithms (and back after), so accumulating row updates
+    gives the same sums every time; nothing to do on CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def run_round(state, plans, config, t: int, trainer=engine, noise=None,
+              noise_generator: torch.Generator | None = None) -> tuple[float, dict]:
+    """Steps 2-4 of round ``t`` for the chunks ``plans`` (module docstring): each chunk's clients
+    receive what the server sends them (the global model, the method's downloads) and train
+    (``trainer``: engine or oracle); their uploads are privatised and reach the server, which
+    aggregates and runs the method's server step. Returns (mean client loss, the server step's
+    diagnostics)."""
+    method = state.method
+    server = ServerRound(state.server, method, state.spec.rule, config, t,
+                         keep_uploads=method.keeps_uploads)
+    shapes = {name: tuple(v.shape) for name, v in state.global_.items()}
+    losses = []
+    for plan in plans:
+        downloads = method.downloads(state.server, plan.clients)
+        uploads, loss = trainer.train_chunk(state, plan, config, t, downloads)
+        server.receive(privatise(uploads, noise, noise_generator, shapes, state.spec.tables))
+        losses.append(loss.cpu())
+    diagnostics = server.close()
+    return (float(torch.cat(losses).mean()) if losses else float("nan")), diagnostics
+
+
+class FederatedRun:
+    """One configuration on one dataset: its state and its rounds (module docstring).
+
+    Deterministic for a seed on the same device: all randomness comes from the run's CPU
+    generators (plan and initialisation; upload noise)."""
+
+    def __init__(self, dataset, config: FedConfig):
+        self.config = config = validate(config)
+        self.dataset = dataset
+        self.device = resolve_device(config.device)
+        self.generator = torch.Generator().manual_seed(config.seed)                 # plan, init
+        self.noise_generator = torch.Generator().manual_seed(config.seed + NOISE_SEED_OFFSET)
+        self.noise = parse_noise(config.noise)
+        self.state = None
+        if config.backbone != "popularity":
+            self.method = make_method(config, dataset)
+            self.state = init_state(config, dataset, self.generator, self.device, self.method)
+            # fresh uniform negatives every round; "fixed" reproduces defect 4 for the book's demo
+            self.sampler = (FixedLowestNegatives if config.negatives == "fixed"
+                            else NegativeSampler)(dataset, "cpu")
+            self.sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)
+            self.trainer = TRAINERS[config.engine]
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores (c, n) of every item for ``users``: the current model as evaluation reads it."""
+        if self.state is None:
+            pop = popularity_scores(self.dataset, self.device)
+            return pop.expand(len(users), -1)
+        return full_scores(self.state, users)
+
+    def evaluate(self) -> tuple[dict, dict]:
+        """(valid, test) metrics of the current model, full ranking."""
+        kw = dict(ks=KS, chunk_size=self.config.eval_chunk_size, device=self.device)
+        return (evaluate(self.score, self.dataset, "valid", **kw),
+                evaluate(self.score, self.dataset, "test", **kw))
+
+    def train_round(self, t: int) -> RoundRecord:
+        """Round ``t`` without evaluation (module docstring, steps 1-4)."""
+        start = time.perf_counter()
+        participants, plans = plan_round(self.dataset, self.config, self.generator, self.sampler,
+                                         self.sizes, self.state.method.mixes_sizes)
+        loss, diagnostics = run_round(self.state, plans, self.config, t, self.trainer, self.noise,
+                                      self.noise_generator)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"round {t}: training loss is {loss} for backbone "
+                                     f"{self.config.backbone}; lower --lr / item_lr")
+        return RoundRecord(t, loss, time.perf_counter() - start, int(participants.shape[0]),
+                           server=diagnostics)
+
+    def __iter__(self):
+        """Round 0 (evaluation of the untrained model), then rounds 1..T, evaluated when due."""
+        with _deterministic(self.device):
+            valid, test = self.evaluate()
+            yield RoundRecord(0, None, 0.0, 0, valid, test)
+            if self.state is None:                       # popularity: nothing to train
+                return
+            for t in range(1, self.config.rounds + 1):
+                record = self.train_round(t)
+                if t % self.config.eval_every == 0 or t == self.config.rounds:
+                    record.valid, record.test = self.evaluate()
+                yield record
+
+
+@dataclass
+class RunResult:
+    """What a run returns (CONTRIBUTING.md); ``to_json`` gives the FIXED keys of the command line."""
+
+    config: FedConfig
+    history: list = field(default_factory=list)   # per evaluated round: round, valid, test, train_loss, seconds, ...
+    best_round: int = 0
+    valid: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+    seconds: float = 0.0                           # wall time of the run, evaluation included
+    train_seconds: float = 0.0                     # rounds only, evaluation excluded
+    client_updates: int = 0                        # local trainings done (participants summed over rounds)
+    params_per_client: int = 0                     # scalars a client holds (shared model + private part)
+    upload_scalars_per_round: int = 0              # scalars uploaded per round, all participants together
+    upload_scalars_per_client: int = 0             # scalars one client uploads per round (full shared update)
+    feature_download_scalars: int = 0              # frozen inputs a client downloads once (FedMR's features)
+    state: object = None                           # final FedState (global and private tensors)
+    details: dict = field(default_factory=dict)    # the method's diagnostics (FedMR: router weights)
+
+    def to_json(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "best_round": self.best_round,
+            "valid": self.valid,
+            "test": self.test,
+            "history": self.history,
+            "seconds": self.seconds,
+            "train_seconds": self.train_seconds,
+            "client_updates": self.client_updates,
+            "client_updates_per_second": (self.client_updates / self.train_seconds
+                                          if self.train_seconds > 0 else 0.0),
+            "peak_memory_mb": None,                # filled by the caller (the command handlers)
+            "params_per_client": self.params_per_client,
+            "upload_scalars_per_round": self.upload_scalars_per_round,
+            "upload_scalars_per_client": self.upload_scalars_per_client,
+            "feature_download_scalars": self.feature_download_scalars,
+        }
+
+
+def select_best(history: list, key: str = SELECT_ON) -> dict:
+    """The history entry with the best validation ``key`` (earliest on ties). Never looks at test."""
+    best = history[0]
+    for entry in history[1:]:
+        if entry["valid"][key] > best["valid"][key]:
+            best = entry
+    return best
+
+
+def _progress(total: int, enabled: bool, label: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:   # progress is optional; the run is the same without it
+        return None
+    return tqdm(total=total, desc=label, file=sys.stderr, leave=False)
+
+
+def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResult:
+    """Train and evaluate one configuration: every round of ``FederatedRun``, then model selection
+    on validation (module docstring)."""
+    t0 = time.perf_counter()
+    run = FederatedRun(dataset, config)
+    result = RunResult(config=run.config)
+    bar = _progress(run.config.rounds, progress and run.state is not None, f"{run.config.backbone} rounds")
+    for record in run:
+        result.train_seconds += record.train_seconds
+        result.client_updates += record.participants
+        if record.valid is not None:
+            entry = dict(round=record.round, valid=record.valid, test=record.test,
+                         train_loss=record.train_loss, seconds=time.perf_counter() - t0,
+                         train_seconds=result.train_seconds)
+            if record.server:
+                entry["server"] = record.server
+            result.history.append(entry)
+        if bar is not None and record.round > 0:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record.train_loss:.4f}",
+                            hr50=f"{result.history[-1]['valid']['hr@50']:.4f}")
+    if bar is not None:
+        bar.close()
+    best = select_best(result.history)
+    result.best_round, result.valid, result.test = best["round"], best["valid"], best["test"]
+    result.seconds = time.perf_counter() - t0
+    if run.state is not None:
+        held, uploaded = count_parameters(run.state)
+        result.params_per_client = held
+        result.upload_scalars_per_client = uploaded
+        per_round = max(1, min(dataset.n_users,
+                               int(np.ceil(run.config.sample_ratio * dataset.n_users - 1e-9))))
+        result.upload_scalars_per_round = uploaded * per_round
+        result.feature_download_scalars = run.method.feature_download_scalars
+        result.state = run.state
+        result.details = run.method.details(run.state, run.config)
+    return result
