@@ -10,8 +10,9 @@ Steps, in this order, all vectorised with numpy:
    ties are broken by timestamp, then by item id in the order of step 5 (the larger id counts as
    the newer one: of two items seen at the newest timestamp, the larger id is the test item);
 7. check titles and images: an empty title, an empty image field or an absent file is *missing*, a
-   file that PIL cannot identify is *unreadable*; both are recorded in the ``LoadReport`` and the
-   image path is set to ``None`` (the encoders impute the mean feature).
+   file that PIL cannot decode (or a decompression bomb) is *unreadable* (``images.image_status``,
+   the same test ``encode`` applies); both are recorded in the ``LoadReport`` and the image path is
+   set to ``None`` (the encoders impute the mean feature).
 """
 from __future__ import annotations
 
@@ -19,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
-
 from ..errors import DatasetError, OptionError
 from .dataset import Dataset, LoadReport
 from .folder import RawData
+from .images import image_status
 
 
 def _sorted_ids(ids: np.ndarray) -> np.ndarray:
@@ -57,20 +57,13 @@ def _k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
         keep &= ~weak
 
 
-def _check_image(root: Path, image: str, verify: bool) -> str:
-    """'ok', 'missing' (no path given, or no such file) or 'unreadable' (PIL cannot read it)."""
-    if not image:
-        return "missing"
-    path = root / image
-    if not path.is_file():
-        return "missing"
-    if verify:
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            return "unreadable"
-    return "ok"
+def _check_image(root: Path, image: str, decode: bool) -> str:
+    """'ok', 'missing' or 'unreadable' (``images.image_status``); without ``decode`` only whether
+    the file exists."""
+    path = root / image if image else None
+    if decode:
+        return image_status(path)
+    return "ok" if path is not None and path.is_file() else "missing"
 
 
 def _empty_message(name: str, report: LoadReport, k_core: int, min_user: int, n_users: int,
@@ -90,8 +83,7 @@ def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int =
     """Filter ``raw`` and split it leave-one-out by timestamp (algorithms.md section 1).
 
     ``min_user_interactions`` must be at least 3 (one train, one validation, one test item).
-    ``check_images=False`` skips opening image files with PIL (absent files are still counted as
-    missing). Raises ``DatasetError`` when no user is left, saying which filter removed what.
+    ``check_images=False`` skips decoding image files (absent files are still counted as missing). Raises ``DatasetError`` when no user is left, saying which filter removed what.
     """
     if min_user_interactions < 3:
         raise OptionError(f"min_user_interactions={min_user_interactions}: leave-one-out needs at least "

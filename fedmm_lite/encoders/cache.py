@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from ..data.images import IMAGE_STATUSES
+
+FORMAT_VERSION = 2  # 2: parts hold each picture's status (ok / missing / unreadable)
 MODALITIES = ("image", "text")
 
 
@@ -134,17 +136,18 @@ class FeatureCache:
         return self.parts_dir / f"part-{block:05d}.npz"
 
     def load_part(self, block: int, rows: int) -> dict | None:
-        """A saved block ``{"image", "text", "image_ok"}`` with ``rows`` rows, or None (absent or bad)."""
+        """A saved block ``{"image", "text", "image_status"}`` with ``rows`` rows, or None (absent or bad)."""
         path = self.part_path(block)
         if not path.exists():
             return None
         try:
             with np.load(path, allow_pickle=False) as npz:
-                part = {name: npz[name] for name in ("image", "text", "image_ok")}
+                part = {name: npz[name] for name in ("image", "text", "image_status")}
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             return None
-        ok = part["image_ok"]
-        if not (ok.dtype == bool and ok.shape == (rows,)
+        status = part["image_status"]  # (rows,) codes into data.images.IMAGE_STATUSES
+        if not (status.dtype == np.int8 and status.shape == (rows,) and bool((status >= 0).all())
+                and bool((status < len(IMAGE_STATUSES)).all())
                 and _well_formed(part["image"], rows) and _well_formed(part["text"], rows)):
             return None
         return part

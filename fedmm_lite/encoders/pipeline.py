@@ -24,12 +24,14 @@ from tqdm.auto import tqdm
 
 from ..config import resolve_device
 from ..errors import DatasetError, OptionError
-from .base import batches, read_image
+from ..data.images import IMAGE_STATUSES, read_picture
+from .base import batches
 from .cache import FeatureCache, dataset_fingerprint
 from .registry import build_encoder, minilm_available
 
 PLACEHOLDER_TITLE = "an item without a title"
 IMPUTATION = "mean of the available image features"
+OK, MISSING, UNREADABLE = (IMAGE_STATUSES.index(s) for s in ("ok", "missing", "unreadable"))
 
 
 def default_offline_encoder() -> str:
@@ -71,23 +73,41 @@ class EncodeSummary:
         return asdict(self)
 
 
-def _encode_block(encoder, dataset, start: int, stop: int, batch_size: int) -> dict:
-    """Features of items ``start..stop-1``: unreadable pictures get zero rows and ``image_ok`` False."""
-    image_parts, text_parts, ok_parts = [], [], []
+def _read_pictures(dataset, rows: range, unreadable_at_load: set) -> tuple[list, np.ndarray]:
+    """The decoded pictures of ``rows`` (None where there is none) and their status codes (b,).
+
+    Status codes index ``IMAGE_STATUSES`` (ok, missing, unreadable), decided by ``read_picture``, the
+    test loading applies too; a picture loading already found unreadable keeps that status.
+    """
+    pictures, codes = [], []
+    for i in rows:
+        path = dataset.image_paths[i]
+        if path is None:
+            status, picture = ("unreadable" if dataset.item_ids[i] in unreadable_at_load else "missing"), None
+        else:
+            status, picture = read_picture(path)
+        pictures.append(picture)
+        codes.append(IMAGE_STATUSES.index(status))
+    return pictures, np.array(codes, dtype=np.int8)
+
+
+def _encode_block(encoder, dataset, start: int, stop: int, batch_size: int, unreadable_at_load: set) -> dict:
+    """Features of items ``start..stop-1`` and their picture status; pictures that are not ok get
+    zero rows (imputed once every block is done)."""
+    image_parts, text_parts, status_parts = [], [], []
     for lo, hi in batches(stop - start, batch_size):
         rows = range(start + lo, start + hi)
-        pictures = [read_image(dataset.image_paths[i]) if dataset.image_paths[i] is not None else None
-                    for i in rows]
-        ok = np.array([p is not None for p in pictures], dtype=bool)  # (b,)
+        pictures, status = _read_pictures(dataset, rows, unreadable_at_load)  # status (b,)
+        ok = status == OK  # (b,)
         feats = encoder.encode_images([p for p in pictures if p is not None])  # (b_ok, D_i)
         image = np.zeros((len(rows), feats.shape[1]), dtype=np.float32)  # (b, D_i)
         image[ok] = feats
         titles = [dataset.titles[i].strip() or PLACEHOLDER_TITLE for i in rows]
         image_parts.append(image)
         text_parts.append(encoder.encode_titles(titles).astype(np.float32))  # (b, D_t)
-        ok_parts.append(ok)
+        status_parts.append(status)
     return {"image": np.concatenate(image_parts), "text": np.concatenate(text_parts),
-            "image_ok": np.concatenate(ok_parts)}
+            "image_status": np.concatenate(status_parts)}
 
 
 def impute_missing_images(image: np.ndarray, image_ok: np.ndarray) -> np.ndarray:
@@ -143,25 +163,26 @@ def encode_dataset(dataset, encoder=None, device="auto", batch_size: int = 64, p
     if hasattr(encoder, "load"):
         encoder.load()  # before the progress bar: a failed download is one clear error
     block = max(batch_size, (part_size // batch_size) * batch_size)  # a whole number of batches
+    unreadable_at_load = set(dataset.report.unreadable_images)
     parts, encoded = [], 0
     with tqdm(total=n, desc=f"encode {encoder.tag}", unit="item", disable=not progress,
               file=sys.stderr) as bar:
         for b, (start, stop) in enumerate(batches(n, block)):
             part = store.load_part(b, stop - start) if store is not None else None
             if part is None:
-                part = _encode_block(encoder, dataset, start, stop, batch_size)
+                part = _encode_block(encoder, dataset, start, stop, batch_size, unreadable_at_load)
                 encoded += stop - start
                 if store is not None:
                     store.save_part(b, part)
             parts.append(part)
             bar.update(stop - start)
 
-    image_ok = np.concatenate([p["image_ok"] for p in parts])  # (n,)
-    has_path = np.array([p is not None for p in dataset.image_paths], dtype=bool)  # (n,)
+    status = np.concatenate([p["image_status"] for p in parts])  # (n,)
+    image_ok = status == OK  # (n,)
     features = {"image": impute_missing_images(np.concatenate([p["image"] for p in parts]), image_ok),
                 "text": np.concatenate([p["text"] for p in parts])}
-    counts = {"images_missing": int((~has_path).sum()),
-              "images_unreadable": int((has_path & ~image_ok).sum()),
+    counts = {"images_missing": int((status == MISSING).sum()),
+              "images_unreadable": int((status == UNREADABLE).sum()),
               "titles_missing": int(sum(1 for t in dataset.titles if not t.strip()))}
     if n and not image_ok.any():
         sys.stderr.write(f"encode {encoder.tag}: no picture could be read; image features are zeros\n")
