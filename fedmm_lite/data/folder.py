@@ -1,7 +1,8 @@
 """Read and validate a dataset folder (the FIXED "bring your own data" format, design.md).
 
 ```
-NAME/interactions.csv   user_id,item_id,timestamp   (ids are strings or ints; timestamp a number)
+NAME/interactions.csv   user_id,item_id,timestamp   (ids are strings or ints; timestamp a number:
+                                                      int64 when all are integers, else float64)
 NAME/items.csv          item_id,title,image         (image: path relative to NAME/, inside it; may be empty)
 NAME/images/...         the image files
 ```
@@ -122,18 +123,35 @@ def _check_image_paths(items: pd.DataFrame, root: Path, path: Path) -> None:
                                f"stay inside it")
 
 
+def _timestamps(column: pd.Series, path: Path) -> np.ndarray:
+    """The timestamp column as int64 when every value is an integer, else as float64.
+
+    Integers stay exact: float64 rounds integers above 2**53 (near 1e18 to multiples of 128), which
+    would tie distinct timestamps and change which item is held out.
+    """
+    integer = column.str.fullmatch(r"[+-]?\d+").to_numpy()
+    if integer.all():
+        digits = column.str.lstrip("+-").str.lstrip("0").str.len().to_numpy()
+        for pos in np.flatnonzero(digits >= 19):  # only these can leave the int64 range
+            value = int(column.iat[int(pos)])
+            if not -2**63 <= value < 2**63:
+                raise DatasetError(f"{path} line {_line(pos)}: timestamp '{column.iat[int(pos)]}' does not "
+                                   f"fit a 64-bit integer (at most {2**63 - 1})")
+        return column.astype(np.int64).to_numpy()
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise DatasetError(f"{path} line {_line(bad[0])}: timestamp '{column.iat[int(bad[0])]}' is not a "
+                           f"number (expected e.g. seconds since 1970; {len(bad)} bad row(s))")
+    return values
+
+
 def _read_interactions(path: Path, known_items: pd.Series) -> pd.DataFrame:
     inter = _read_table(path, INTERACTION_COLUMNS)
     _check_not_empty(inter, "user_id", path)
     _check_not_empty(inter, "item_id", path)
 
-    timestamps = pd.to_numeric(inter["timestamp"], errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(timestamps))
-    if len(bad):
-        value = inter["timestamp"].iat[int(bad[0])]
-        raise DatasetError(f"{path} line {_line(bad[0])}: timestamp '{value}' is not a number "
-                           f"(expected e.g. seconds since 1970; {len(bad)} bad row(s))")
-    inter["timestamp"] = timestamps
+    inter["timestamp"] = _timestamps(inter["timestamp"], path)
 
     unknown = np.flatnonzero(~inter["item_id"].isin(known_items).to_numpy())
     if len(unknown):

@@ -74,8 +74,12 @@ def _empty_message(name: str, report: LoadReport, k_core: int, min_user: int, n_
         parts.append(f"the {k_core}-core filter dropped {report.users_dropped_kcore} users and "
                      f"{report.items_dropped_kcore} items")
     parts.append(f"{report.users_dropped_too_few} users had fewer than {min_user} interactions")
-    return (f"{name}: empty after filtering: " + "; ".join(parts)
-            + " (lower --k-core / min_user_interactions?)")
+    hint = ("leave-one-out needs at least 3 interactions per user (train, validation, test): add "
+            "interactions to interactions.csv")
+    weaker = (["k_core=0"] if k_core > 0 else []) + (["min_user_interactions=3"] if min_user > 3 else [])
+    if weaker:  # the filters are Python arguments only; the command line has no option for them
+        hint += f"; or, in Python, load a weaker filter: load_dataset(..., {', '.join(weaker)})"
+    return f"{name}: empty after filtering: " + "; ".join(parts) + "; " + hint
 
 
 def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int = 0,
@@ -83,7 +87,8 @@ def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int =
     """Filter ``raw`` and split it leave-one-out by timestamp (algorithms.md section 1).
 
     ``min_user_interactions`` must be at least 3 (one train, one validation, one test item).
-    ``check_images=False`` skips decoding image files (absent files are still counted as missing). Raises ``DatasetError`` when no user is left, saying which filter removed what.
+    ``check_images=False`` skips decoding image files (absent files are still counted as missing).
+    Raises ``DatasetError`` when no user is left, saying which filter removed what.
     """
     if min_user_interactions < 3:
         raise OptionError(f"min_user_interactions={min_user_interactions}: leave-one-out needs at least "
@@ -99,7 +104,7 @@ def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int =
     report.duplicate_interactions_removed = report.interactions_read - len(inter)
     user_code, user_uniques = pd.factorize(inter["user_id"])  # (nnz,), (users,)
     item_code, item_uniques = pd.factorize(inter["item_id"])  # (nnz,), (items,)
-    timestamp = inter["timestamp"].to_numpy(dtype=np.float64)
+    timestamp = inter["timestamp"].to_numpy()  # int64 (exact) or float64, as read_folder gave it
     n_users_read, n_items_read = len(user_uniques), len(item_uniques)
 
     # 2. k-core on users and items, until stable
