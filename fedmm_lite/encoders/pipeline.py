@@ -2,7 +2,8 @@
 
 ``encode_dataset(dataset, encoder)`` fills ``dataset.features = {"image": (n, D_i), "text": (n, D_t)}``
 and ``dataset.feature_encoder``, reading <root>/features/<tag>/ when it is valid (cache.py) and
-otherwise encoding block by block, saving each block so that an interrupted run resumes.
+otherwise encoding block by block, saving each block so that an interrupted run resumes. A
+read-only dataset folder keeps its cache under the data home instead (``cache.fallback_folder``).
 
 Missing inputs never crash the run:
 - a picture that is absent (``image_paths[i] is None``) or that PIL cannot decode gets the mean of
@@ -26,7 +27,7 @@ from ..config import resolve_device
 from ..errors import DatasetError, OptionError
 from ..data.images import IMAGE_STATUSES, read_picture
 from .base import batches
-from .cache import FeatureCache, dataset_fingerprint
+from .cache import FeatureCache, check_cache_folders, dataset_fingerprint, fallback_folder
 from .registry import build_encoder, minilm_available
 
 PLACEHOLDER_TITLE = "an item without a title"
@@ -123,9 +124,27 @@ def impute_missing_images(image: np.ndarray, image_ok: np.ndarray) -> np.ndarray
     return image
 
 
+def _open_cache(root: Path, tag: str, key: dict, n: int) -> tuple[FeatureCache, tuple]:
+    """The cache of ``root``'s features under ``tag`` and what it loads: <root>/features/<tag>/, or,
+    when that holds no valid cache and cannot be written (a read-only dataset), its
+    ``fallback_folder`` under the data home (said on stderr)."""
+    check_cache_folders(root, tag)
+    store = FeatureCache(root / "features" / tag, key)
+    loaded = store.load(n)
+    if loaded[0] is None:
+        problem = store.write_problem()
+        if problem is not None:
+            fallback = FeatureCache(fallback_folder(root, tag), key)
+            sys.stderr.write(f"feature cache: {store.folder} is not writable ({problem}); "
+                             f"using {fallback.folder}\n")
+            store, loaded = fallback, fallback.load(n)
+    return store, loaded
+
+
 def encode_dataset(dataset, encoder=None, device="auto", batch_size: int = 64, progress: bool = True,
                    *, cache: bool = True, part_size: int = 1024) -> EncodeSummary:
-    """Fill ``dataset.features`` with frozen item features (cached under the dataset's folder).
+    """Fill ``dataset.features`` with frozen item features (cached under the dataset's folder, or
+    under the data home when that folder is read-only).
 
     ``encoder`` is a tag (``registry.ENCODER_HELP``; None = ``default_offline_encoder()``) or an
     object following ``base.ItemEncoder``. ``part_size`` items are encoded between two saves of
@@ -149,8 +168,7 @@ def encode_dataset(dataset, encoder=None, device="auto", batch_size: int = 64, p
     if cache and dataset.root is not None:
         key = {"dataset": dataset_fingerprint(dataset), "encoder": encoder.describe(),
                "placeholder_title": PLACEHOLDER_TITLE, "imputation": IMPUTATION}
-        store = FeatureCache(Path(dataset.root) / "features" / encoder.tag, key)
-        features, meta, note = store.load(n)
+        store, (features, meta, note) = _open_cache(Path(dataset.root), encoder.tag, key, n)
         if features is not None:
             dataset.features, dataset.feature_encoder = features, encoder.tag
             return _summary(encoder, dataset, meta["counts"], 0, started, True, store, note, torch_device)
