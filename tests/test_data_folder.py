@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import write_png
-from fedmm_lite.data import load_dataset, read_folder
+from fedmm_lite.data import converters, load_dataset, read_folder, register_converter
 from fedmm_lite.data.sources import PRESETS
 from fedmm_lite.errors import DatasetError
 
@@ -289,9 +289,8 @@ def test_movielens_conversion_is_atomic_and_cached(monkeypatch, tmp_path, tiny_f
             raise KeyboardInterrupt  # interrupted half-way
         return out_dir
 
-    module = types.ModuleType("data_prep.movielens_posters")
-    module.convert = convert
-    monkeypatch.setitem(sys.modules, "data_prep.movielens_posters", module)
+    monkeypatch.setattr(converters, "_registered", {})
+    register_converter("movielens-posters", convert)
     with pytest.raises(KeyboardInterrupt):
         load_dataset("movielens-posters")
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == []
@@ -307,11 +306,15 @@ def test_movielens_conversion_is_atomic_and_cached(monkeypatch, tmp_path, tiny_f
 
 
 def test_movielens_posters_real_data(monkeypatch):
+    from data_prep.movielens_posters import convert
     from fedmm_lite.data.sources import movielens_raw_dir
 
     monkeypatch.delenv("FEDMM_MOVIELENS_POSTERS", raising=False)
     if movielens_raw_dir() is None:
         pytest.skip("../shared/data/movielens_posters is absent")
+    # the converter pyproject.toml registers (an installed checkout finds it through its entry point)
+    monkeypatch.setattr(converters, "_registered", {})
+    register_converter("movielens-posters", convert)
     dataset = load_dataset("movielens-posters")
     # ../shared/data/README.md: with a 5-core filter 597 users, 1,849 items, 56,166 interactions
     stats = dataset.stats()
