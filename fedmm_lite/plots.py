@@ -6,6 +6,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
 from .data.dataset import Dataset
 from .data.images import read_picture
 

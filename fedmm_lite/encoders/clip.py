@@ -150,9 +150,11 @@ class ClipEncoder:
         previous = logging.root.manager.disable
         logging.disable(logging.ERROR)  # open_clip logs the failure too; we raise one clear line
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(c.model_name, pretrained=c.pretrained)
+            model, _, preprocess = open_clip.create_model_and_transforms(c.model_name,
+                                                                         pretrained=c.pretrained)
         except CHECKPOINT_ERRORS as err:
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}" if str(err) else type(err).__name__
+            first_line = str(err).splitlines()[0][:300] if str(err) else ""
+            reason = f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
             if c.is_file:
                 raise FedmmError(f"{option}: checkpoint {c.pretrained} does not load into "
                                  f"{c.model_name}: {reason}") from None
