@@ -22,10 +22,9 @@ from PIL import Image
 IMAGE_STATUSES = ("ok", "missing", "unreadable")
 
 # Errors PIL raises on a corrupt, truncated or oversized picture (UnidentifiedImageError and
-# "image file is truncated" are OSErrors; some broken headers raise ValueError or SyntaxError).
-# DecompressionBombWarning is turned into an error while a picture is read (see read_picture).
-IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-                     Image.DecompressionBombWarning)
+# "image file is truncated" are OSErrors; some broken headers raise ValueError or SyntaxError;
+# Image.open raises DecompressionBombError above twice MAX_IMAGE_PIXELS).
+IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def path_inside(root: str | os.PathLike, image: str) -> Path | None:
@@ -42,15 +41,18 @@ def read_picture(path: str | os.PathLike | None) -> tuple[str, Image.Image | Non
     """``("ok", RGB picture)``, ``("missing", None)`` or ``("unreadable", None)``; never raises.
 
     The picture is fully decoded (``convert`` forces it), so a truncated file shows up here and not
-    later inside an encoder.
+    later inside an encoder. The size in the header is checked before decoding.
     """
     if path is None or not Path(path).is_file():
         return "missing", None
+    limit = Image.MAX_IMAGE_PIXELS  # None when a user switched PIL's check off
     try:
         with warnings.catch_warnings():
-            # above MAX_IMAGE_PIXELS PIL only warns (up to twice that it raises): both are refused
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            # between the limit and twice it PIL only warns; refused just below, so no need to print
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                if limit is not None and img.width * img.height > limit:
+                    return "unreadable", None
                 return "ok", img.convert("RGB")
     except IMAGE_READ_ERRORS:
         return "unreadable", None
