@@ -5,5 +5,6 @@
 - ``data_prep.ninerec``: NineRec downstream sets used by FedMR (from the hand-downloaded archive).
 
 Each module has ``convert(...)`` and a command line (``python -m data_prep.<module> --help``).
-See data_prep/README.md.
+``movielens_posters.convert`` backs the ``movielens-posters`` preset of ``fedmm_lite.data``: pyproject.toml
+registers it as an entry point of the group ``fedmm_lite.converters``. See data_prep/README.md.
 """

@@ -34,9 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from PIL import Image
 from tqdm import tqdm
 
+from fedmm_lite.data.images import image_status
 from fedmm_lite.errors import DatasetError, OptionError
 
 from .common import DownloadError, deduplicate, download, print_stats, write_folder
@@ -220,12 +220,12 @@ def fetch_images(urls: dict[str, str], folder: Path, *, workers: int = 8,
                      timeout=timeout, progress=False)
         except DownloadError as exc:
             return asin, None, str(exc)
-        try:  # a server may answer with an HTML page or a truncated file: not an image
-            with Image.open(folder / name) as im:
-                im.verify()
-        except (OSError, SyntaxError, ValueError) as exc:
+        # a server may answer with an HTML page, a truncated file or a decompression bomb: the
+        # loader's own test decides, so that a kept image is one the loader accepts
+        status = image_status(folder / name)
+        if status != "ok":
             (folder / name).unlink()
-            return asin, None, f"{urls[asin]}: not a readable image ({exc})"
+            return asin, None, f"{urls[asin]}: not a readable image ({status})"
         return asin, name, ""
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

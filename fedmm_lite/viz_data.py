@@ -7,9 +7,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from .data.dataset import Dataset
+from .data.images import read_picture
 
 
 def item_grid(dataset: Dataset, n: int = 24, cols: int = 8, seed: int = 0,
@@ -22,10 +22,9 @@ def item_grid(dataset: Dataset, n: int = 24, cols: int = 8, seed: int = 0,
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, i in zip(np.ravel(axes), items):
-        path = dataset.image_paths[i]
-        if path is not None:
-            with Image.open(path) as img:
-                ax.imshow(img.convert("RGB"))
+        picture = read_picture(dataset.image_paths[i])[1]
+        if picture is not None:
+            ax.imshow(picture)
         else:
             ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=8, color="grey")
         title = dataset.titles[i] or "(no title)"

@@ -8,7 +8,8 @@ import types
 import numpy as np
 import pytest
 
-from fedmm_lite.data import load_dataset, read_folder
+from conftest import write_png
+from fedmm_lite.data import converters, load_dataset, read_folder, register_converter
 from fedmm_lite.data.sources import PRESETS
 from fedmm_lite.errors import DatasetError
 
@@ -128,6 +129,55 @@ def test_path_that_is_a_file(tmp_path):
         read_folder(tmp_path / "f.txt")
 
 
+def test_non_utf8_file_names_the_line_and_the_byte(make_folder):
+    root = make_folder(INTER, ITEMS)
+    lines = (root / "items.csv").read_bytes().splitlines(keepends=True)
+    lines.append(b"d,Caf\xe9 au lait,\n")  # latin-1, not UTF-8: the file's line 5
+    (root / "items.csv").write_bytes(b"".join(lines))
+    offset = sum(len(line) for line in lines[:4]) + len(b"d,Caf")  # 0-based offset of the bad byte
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    assert str(err.value) == (f"{root / 'items.csv'} line 5: not UTF-8 text (byte 0xe9 at byte offset "
+                              f"{offset}); save the file as UTF-8")
+
+
+def test_non_utf8_far_into_a_large_file(make_folder):
+    """pandas decodes in blocks: the offset must still count from the start of the file."""
+    rows = [(f"u{k}", "abc"[k % 3], k) for k in range(20000)]
+    root = make_folder(rows, ITEMS)
+    with open(root / "interactions.csv", "ab") as f:
+        f.write(b"u\xff,a,5\n")
+    offset = (root / "interactions.csv").read_bytes().index(b"\xff")
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    assert f"line {len(rows) + 2}: not UTF-8 text (byte 0xff at byte offset {offset})" in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "link_out"])
+def test_image_path_outside_the_folder_is_refused(make_folder, tmp_path, how):
+    secret = tmp_path / "secret.png"  # a real picture outside the dataset folder
+    write_png(secret, (1, 2, 3))
+    image = {"dotdot": "../secret.png", "absolute": str(secret), "link_out": "images/link.png"}[how]
+    items = [("a", "Apple", "images/a.png"), ("b", "Banana", image), ("c", "Cherry", "")]
+    root = make_folder(INTER, items, {"images/a.png": (9, 9, 9)})
+    if how == "link_out":
+        (root / "images" / "link.png").symlink_to(secret)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(root)
+    assert str(err.value) == (f"{root / 'items.csv'} line 3: image '{image}' leads outside the dataset "
+                              f"folder {root} (through '..', an absolute path or a link); image paths "
+                              f"must stay inside it")
+
+
+def test_image_paths_inside_the_folder_are_accepted(make_folder):
+    items = [("a", "Apple", "images/a.png"), ("b", "Banana", "images/../images/b.png"),
+             ("c", "Cherry", "images/link.png")]
+    root = make_folder(INTER, items, {"images/a.png": (9, 9, 9), "images/b.png": (8, 8, 8)})
+    (root / "images" / "link.png").symlink_to(root / "images" / "a.png")
+    dataset = load_dataset(root)
+    assert dataset.report.missing_images == [] and dataset.report.unreadable_images == []
+
+
 # ---- load_dataset ---------------------------------------------------------------------------
 
 def test_load_folder_path(tiny_folder):
@@ -239,9 +289,8 @@ def test_movielens_conversion_is_atomic_and_cached(monkeypatch, tmp_path, tiny_f
             raise KeyboardInterrupt  # interrupted half-way
         return out_dir
 
-    module = types.ModuleType("data_prep.movielens_posters")
-    module.convert = convert
-    monkeypatch.setitem(sys.modules, "data_prep.movielens_posters", module)
+    monkeypatch.setattr(converters, "_registered", {})
+    register_converter("movielens-posters", convert)
     with pytest.raises(KeyboardInterrupt):
         load_dataset("movielens-posters")
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == []
@@ -257,11 +306,15 @@ def test_movielens_conversion_is_atomic_and_cached(monkeypatch, tmp_path, tiny_f
 
 
 def test_movielens_posters_real_data(monkeypatch):
+    from data_prep.movielens_posters import convert
     from fedmm_lite.data.sources import movielens_raw_dir
 
     monkeypatch.delenv("FEDMM_MOVIELENS_POSTERS", raising=False)
     if movielens_raw_dir() is None:
         pytest.skip("../shared/data/movielens_posters is absent")
+    # the converter pyproject.toml registers (an installed checkout finds it through its entry point)
+    monkeypatch.setattr(converters, "_registered", {})
+    register_converter("movielens-posters", convert)
     dataset = load_dataset("movielens-posters")
     # ../shared/data/README.md: with a 5-core filter 597 users, 1,849 items, 56,166 interactions
     stats = dataset.stats()

@@ -162,6 +162,24 @@ def test_k_core_cascades_until_stable():
     assert k_core(rows, 3) == []
 
 
+def test_fetched_images_that_do_not_decode_are_failures_not_crashes(server, tmp_path):
+    """A decompression bomb (a header claiming 20000 x 20000 pixels) and an HTML page served as
+    .jpg are failed images (removed, named), like a 404; a real picture is kept."""
+    from bad_images import bomb_png
+
+    (server.root / "img").mkdir()
+    (server.root / "img" / "ok.jpg").write_bytes(jpeg_bytes((0, 250, 0)))
+    (server.root / "img" / "bomb.png").write_bytes(bomb_png())
+    (server.root / "img" / "page.jpg").write_bytes(b"<html>Service unavailable</html>")
+    urls = {name: f"{server.url}/plain/img/{file}" for name, file in
+            (("OK", "ok.jpg"), ("BOMB", "bomb.png"), ("PAGE", "page.jpg"))}
+    done, failed = amazon.fetch_images(urls, tmp_path / "images", workers=2, backoff=0.01)
+    assert done == {"OK": "OK.jpg"}
+    assert sorted(f.split(":")[0] for f in failed) == ["BOMB", "PAGE"]
+    assert all("not a readable image (unreadable)" in f for f in failed)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["OK.jpg"]
+
+
 # ----------------------------------------------------------------------------- converter
 USERS = ["A1", "A2", "A3", "A4"]
 CORE_ITEMS = ["B1", "B2", "B3", "B4"]

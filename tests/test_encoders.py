@@ -81,8 +81,40 @@ def test_checkpoint_of_another_architecture_is_one_clear_error(tmp_path):
     original, _ = _seeded_tiny_model(seed=0)
     checkpoint = tmp_path / "tiny.pt"
     torch.save(original.state_dict(), checkpoint)
-    with pytest.raises(FedmmError, match=f"checkpoint .*tiny.pt does not load into {TINY_OTHER}"):
+    with pytest.raises(FedmmError, match=f"checkpoint .*tiny.pt does not load into {TINY_OTHER}: "):
         ClipEncoder(ClipConfig(model_name=TINY_OTHER, pretrained=str(checkpoint))).load()
+
+
+@pytest.mark.parametrize("content", ["passwd", "empty", "list", "truncated"])
+def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_option_and_file(tmp_path, capsys, content):
+    from fedmm_lite.cli import main
+
+    path = tmp_path / "weights.pt"
+    if content == "passwd":
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif content == "empty":
+        path.write_bytes(b"")
+    elif content == "list":
+        torch.save([1, 2, 3], path)  # a torch file, but no state dict
+    else:
+        original, _ = _seeded_tiny_model(seed=0)
+        torch.save(original.state_dict(), path)
+        path.write_bytes(path.read_bytes()[:5000])
+    option = f"clip:{TINY}:{path}"
+    with pytest.raises(FedmmError) as err:
+        build_encoder(option).load()
+    message = str(err.value)
+    assert message.startswith(f"--encoder {option}: ") and "\n" not in message
+    if content in ("passwd", "empty"):
+        assert isinstance(err.value, OptionError)
+        assert message == (f"--encoder {option}: {path} is not a model checkpoint (expected a file "
+                           f"written by torch.save, a .safetensors or a .npz file)")
+    else:
+        assert message.startswith(f"--encoder {option}: checkpoint {path} does not load into {TINY}: ")
+
+    folder = _folder_dataset(tmp_path / "shop")
+    assert main(["encode", "--data", str(folder), "--encoder", option, "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
 
 
 def test_unreachable_hub_says_so_and_suggests_offline_encoders(tmp_path, monkeypatch):

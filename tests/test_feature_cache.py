@@ -5,7 +5,13 @@ encoder calls (a cache hit must not run the encoder at all).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +20,9 @@ from encoder_fixtures import TINY, make_dataset, register_tiny_models, write_pic
 from fedmm_lite.encoders import (PLACEHOLDER_TITLE, ClipConfig, ClipEncoder, encode_dataset,
                                  impute_missing_images)
 from fedmm_lite.encoders.base import read_image
+from fedmm_lite.errors import DatasetError
+
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +181,141 @@ def test_dataset_without_folder_is_encoded_in_memory(tmp_path, tiny_clip):
     s = encode_dataset(data, tiny_clip, device="cpu", progress=False)
     assert s.cache_path is None and s.items_encoded == 3 and data.features["image"].shape == (3, 32)
     assert not (tmp_path / "features").exists()
+
+
+# ------------------------------------------------------------- the cache's own files, edited
+@pytest.mark.parametrize("inside", ["features", "features/TAG"])
+def test_a_file_where_the_cache_folder_goes_is_one_clear_error(tmp_path, tiny_clip, inside):
+    data = make_dataset(tmp_path, n=3)
+    blocker = tmp_path / inside.replace("TAG", tiny_clip.tag)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(DatasetError) as err:
+        encode_dataset(data, tiny_clip, device="cpu", progress=False)
+    assert str(err.value) == (f"{blocker}: a file where the feature cache needs a folder "
+                              f"(<dataset>/features/<encoder>/); move or delete it")
+
+
+def _edit_meta(folder, edit):
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps(edit(meta)))
+
+
+META_EDITS = {
+    "counts_missing": lambda m: {k: v for k, v in m.items() if k != "counts"},
+    "counts_a_list": lambda m: {**m, "counts": [1, 2, 3]},
+    "count_a_string": lambda m: {**m, "counts": {**m["counts"], "images_missing": "one"}},
+    "dims_a_list": lambda m: {**m, "dims": [32, 32]},
+    "key_hash_missing": lambda m: {k: v for k, v in m.items() if k != "key_hash"},
+    "checksum_missing": lambda m: {k: v for k, v in m.items() if k != "sha256"},
+    "seconds_a_string": lambda m: {**m, "seconds_to_encode": "fast"},
+    "a_list": lambda m: [m],
+}
+
+
+@pytest.mark.parametrize("edit", sorted(META_EDITS) + ["not_json"])
+def test_edited_meta_json_is_rebuilt_and_said_so(tmp_path, tiny_clip, capsys, edit):
+    data = make_dataset(tmp_path, n=5)
+    encode_dataset(data, tiny_clip, device="cpu", progress=False)
+    folder = tmp_path / "features" / tiny_clip.tag
+    if edit == "not_json":
+        (folder / "meta.json").write_bytes(b"\xff{ not json")
+    else:
+        _edit_meta(folder, META_EDITS[edit])
+    capsys.readouterr()
+
+    counter = Counting(tiny_clip)
+    s = encode_dataset(data, counter, device="cpu", progress=False)
+    assert not s.cache_hit and counter.image_items == 5 and s.images_missing == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"feature cache {folder}: meta.json ") and err.endswith("; rebuilding it\n")
+    assert err.count("\n") == 1
+    assert encode_dataset(data, Counting(tiny_clip), device="cpu", progress=False).cache_hit
+
+
+def test_changed_feature_values_of_the_same_shape_are_caught(tmp_path, tiny_clip, capsys):
+    data = make_dataset(tmp_path, n=5)
+    encode_dataset(data, tiny_clip, device="cpu", progress=False)
+    good = data.features["text"].copy()
+    folder = tmp_path / "features" / tiny_clip.tag
+    edited = np.load(folder / "text.npy")
+    edited[1, 0] += 0.5  # finite, same shape and dtype: only the checksum can tell
+    np.save(folder / "text.npy", edited)
+    capsys.readouterr()
+
+    data.features = {}
+    counter = Counting(tiny_clip)
+    s = encode_dataset(data, counter, device="cpu", progress=False)
+    assert not s.cache_hit and counter.title_items == 5
+    np.testing.assert_allclose(data.features["text"], good, atol=1e-5)
+    assert capsys.readouterr().err == (f"feature cache {folder}: text.npy does not match its sha256 in "
+                                       f"meta.json; rebuilding it\n")
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["sha256"]["text"] == hashlib.sha256(np.load(folder / "text.npy").tobytes()).hexdigest()
+
+
+# -------------------------------------------------------------- a dataset folder read-only
+def _as_reader(command: list[str]) -> list[str]:
+    """``command`` run so that a folder without write permission is really read-only for it: root
+    ignores permissions, so as root the process runs without CAP_DAC_OVERRIDE."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot make a folder read-only for a process")
+    return ["setpriv", "--bounding-set=-dac_override", *command]
+
+
+def _cli_in_process(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m fedmm_lite ARGS`` in a fresh process that knows the tiny CLIP architecture."""
+    script = (f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+              f"from encoder_fixtures import register_tiny_models\n"
+              f"register_tiny_models({str(tmp_path)!r})\n"
+              f"from fedmm_lite.cli import main\n"
+              f"sys.exit(main({list(args)!r}))\n")
+    env = dict(os.environ, FEDMM_DATA_DIR=str(tmp_path / "home"),
+               PYTHONPATH=str(TESTS.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(_as_reader([sys.executable, "-c", script]), env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _make_read_only(folder):
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+
+
+def test_read_only_dataset_caches_under_the_data_home(tmp_path, tiny_folder):
+    import shutil as sh
+
+    other = sh.copytree(tiny_folder, tmp_path / "elsewhere" / "tiny")  # same name, other dataset
+    _make_read_only(tiny_folder)
+    _make_read_only(other)
+    tag = f"clip-random-{TINY}"
+    try:
+        first = _cli_in_process(tmp_path, "encode", "--data", str(tiny_folder), "--encoder",
+                                f"clip-random:{TINY}", "--device", "cpu")
+        assert first.returncode == 0, first.stderr[-3000:]
+        summary = json.loads(first.stdout)
+        cache = Path(summary["cache_path"])
+        assert cache.is_relative_to(tmp_path / "home") and cache.name == tag
+        assert not (tiny_folder / "features").exists() and not summary["cache_hit"]
+        assert (f"feature cache: {tiny_folder / 'features' / tag} is not writable (Permission denied); "
+                f"using {cache}\n") in first.stderr
+
+        again = _cli_in_process(tmp_path, "encode", "--data", str(tiny_folder), "--encoder",
+                                f"clip-random:{TINY}", "--device", "cpu")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout)["cache_hit"] and f"using {cache}" in again.stderr
+
+        second = _cli_in_process(tmp_path, "encode", "--data", str(other), "--encoder",
+                                 f"clip-random:{TINY}", "--device", "cpu")
+        assert second.returncode == 0, second.stderr[-3000:]
+        other_cache = Path(json.loads(second.stdout)["cache_path"])
+        assert other_cache != cache and other_cache.is_relative_to(tmp_path / "home")
+
+        fedmr = _cli_in_process(tmp_path, "run", "--data", str(tiny_folder), "--method", "fedmr",
+                                "--rounds", "0", "--encoder", f"clip-random:{TINY}", "--device", "cpu")
+        assert fedmr.returncode == 0, fedmr.stderr[-3000:]
+    finally:
+        for folder in (tiny_folder, other):
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)

@@ -89,9 +89,59 @@ def test_empty_after_filtering_says_what_dropped(make_folder):
         build_dataset(raw)
     assert str(err.value) == ("data: empty after filtering: 4 interactions read (2 users, 2 items with "
                               "interactions); 1 duplicates removed; 2 users had fewer than 3 "
-                              "interactions (lower --k-core / min_user_interactions?)")
-    with pytest.raises(DatasetError, match=r"the 4-core filter dropped 2 users and 2 items"):
-        build_dataset(raw, k_core=4, name="x")
+                              "interactions; leave-one-out needs at least 3 interactions per user "
+                              "(train, validation, test): add interactions to interactions.csv")
+    with pytest.raises(DatasetError) as err:
+        build_dataset(raw, k_core=4, min_user_interactions=5, name="x")
+    assert str(err.value).startswith("x: empty after filtering: 4 interactions read (2 users, 2 items "
+                                     "with interactions); 1 duplicates removed; the 4-core filter "
+                                     "dropped 2 users and 2 items; ")
+    assert str(err.value).endswith("; or, in Python, load a weaker filter: load_dataset(..., k_core=0, "
+                                   "min_user_interactions=3)")
+
+
+def test_empty_dataset_hint_names_no_command_line_option(make_folder):
+    """The command line has no option that changes the filters: the hint must not invent one."""
+    raw = read_folder(make_folder([("u1", "a", 1), ("u1", "b", 2)], _items("ab")))
+    for options in ({}, {"k_core": 2}, {"min_user_interactions": 4}):
+        with pytest.raises(DatasetError) as err:
+            build_dataset(raw, **options)
+        message = str(err.value)
+        assert "--" not in message and "\n" not in message
+        if options:
+            assert f"load_dataset(..., " in message
+
+
+def test_integer_timestamps_near_1e18_stay_exact(make_folder):
+    """Float64 spaces numbers near 1e18 by 128: a+3, a+2, a+1, a would tie and the largest item id
+    (d, the oldest) would become the test item. Kept as int64, a is the newest."""
+    t0 = 10**18
+    interactions = [("u1", "a", t0 + 3), ("u1", "b", t0 + 2), ("u1", "c", t0 + 1), ("u1", "d", t0)]
+    raw = read_folder(make_folder(interactions, _items("abcd")))
+    assert raw.interactions["timestamp"].dtype == np.int64
+    assert raw.interactions["timestamp"].tolist() == [t0 + 3, t0 + 2, t0 + 1, t0]
+    dataset = build_dataset(raw)
+    assert dataset.item_ids[dataset.test_items[0]] == "a"
+    assert dataset.item_ids[dataset.valid_items[0]] == "b"
+    assert dataset.item_ids[dataset.train_items(0)].tolist() == ["c", "d"]
+
+
+def test_timestamps_with_fractions_are_floats(make_folder):
+    interactions = [("u1", "a", "2.5"), ("u1", "b", "2"), ("u1", "c", "-1e3")]
+    raw = read_folder(make_folder(interactions, _items("abc")))
+    assert raw.interactions["timestamp"].dtype == np.float64
+    assert raw.interactions["timestamp"].tolist() == [2.5, 2.0, -1000.0]
+    dataset = build_dataset(raw)
+    assert dataset.item_ids[dataset.test_items[0]] == "a"
+
+
+def test_integer_timestamp_beyond_int64_is_named(make_folder):
+    interactions = [("u1", "a", 1), ("u1", "b", 2**63), ("u1", "c", 3)]
+    root = make_folder(interactions, _items("abc"))
+    with pytest.raises(DatasetError) as err:
+        read_folder(root)
+    assert str(err.value) == (f"{root / 'interactions.csv'} line 3: timestamp '{2**63}' does not fit a "
+                              f"64-bit integer (at most {2**63 - 1})")
 
 
 def test_min_user_interactions_below_three_is_an_option_error(tiny_folder):

@@ -211,6 +211,34 @@ def test_ensure_world_reuses_and_repairs(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "world-quick-seed0"]  # no temp left
 
 
+def test_manifest_lists_the_sha256_of_every_file_written(quick_world):
+    manifest = json.loads((quick_world / "manifest.json").read_text())
+    written = folder_hashes(quick_world)
+    del written["manifest.json"]
+    assert manifest["files"] == written
+    assert len(written) == 3 + len(list((quick_world / "images").glob("*.png")))
+
+
+def test_a_truncated_world_is_regenerated_and_said_so(tmp_path, monkeypatch, capsys):
+    from fedmm_lite.data import load_dataset
+
+    monkeypatch.setenv("FEDMM_DATA_DIR", str(tmp_path))
+    folder = ensure_world("quick", seed=0)
+    inter = pd.read_csv(folder / "interactions.csv", dtype=str)
+    kept = inter[inter["user_id"].isin(sorted(inter["user_id"].unique())[:98])]
+    kept.to_csv(folder / "interactions.csv", index=False)  # a well-formed CSV of 98 users
+    capsys.readouterr()
+
+    dataset = load_dataset("world-quick")
+    assert dataset.n_users == QUICK.n_users == 180
+    assert capsys.readouterr().err == (f"{folder}: interactions.csv does not match its sha256 in "
+                                       f"manifest.json; regenerating the world from seed 0\n")
+    assert folder_hashes(folder) == folder_hashes(generate_world(QUICK, 0, tmp_path / "ref",
+                                                                 preset="quick"))
+    load_dataset("world-quick")
+    assert capsys.readouterr().err == ""  # intact now: reused silently
+
+
 def test_load_dataset_attaches_aligned_ground_truth(tmp_path, monkeypatch):
     from fedmm_lite.data import load_dataset
 

@@ -6,7 +6,8 @@ Presets:
   as ``dataset.ground_truth``, aligned to the dataset's user and item indices.
 - ``world``: ``world-quick`` in quick mode (``FEDMM_QUICK=1``), ``world-full`` otherwise.
 - ``movielens-posters``: real posters, titles and ratings from ``../shared/data/movielens_posters``
-  (or ``$FEDMM_MOVIELENS_POSTERS``), converted once into ``data_home()/movielens-posters/``, 5-core.
+  (or ``$FEDMM_MOVIELENS_POSTERS``), converted once into ``data_home()/movielens-posters/`` by the
+  converter registered under the preset's name (``converters.py``), 5-core.
 Anything else must be an existing dataset folder (the folder name becomes the dataset's name).
 A preset name wins over a folder of the same name in the working directory; write ``./world``.
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..config import data_home, quick_mode
 from ..errors import DatasetError
+from .converters import converter_for
 from .dataset import Dataset
 from .folder import read_folder
 from .split import build_dataset
@@ -110,11 +112,7 @@ def _movielens_folder() -> Path:
         raise DatasetError(f"movielens-posters: raw data not found ({hint}); put the folder with "
                            f"MovieImages/, MovieData/movies.dat and ml-latest-small/ratings.csv there "
                            f"or set {MOVIELENS_ENV} to it")
-    try:
-        from data_prep.movielens_posters import convert
-    except ImportError as err:
-        raise DatasetError(f"movielens-posters: the converter data_prep/movielens_posters.py cannot be "
-                           f"imported ({err}); run from the repository checkout") from None
+    convert = converter_for("movielens-posters")
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

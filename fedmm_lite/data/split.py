@@ -10,8 +10,9 @@ Steps, in this order, all vectorised with numpy:
    ties are broken by timestamp, then by item id in the order of step 5 (the larger id counts as
    the newer one: of two items seen at the newest timestamp, the larger id is the test item);
 7. check titles and images: an empty title, an empty image field or an absent file is *missing*, a
-   file that PIL cannot identify is *unreadable*; both are recorded in the ``LoadReport`` and the
-   image path is set to ``None`` (the encoders impute the mean feature).
+   file that PIL cannot decode (or a decompression bomb) is *unreadable* (``images.image_status``,
+   the same test ``encode`` applies); both are recorded in the ``LoadReport`` and the image path is
+   set to ``None`` (the encoders impute the mean feature).
 """
 from __future__ import annotations
 
@@ -19,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
-
 from ..errors import DatasetError, OptionError
 from .dataset import Dataset, LoadReport
 from .folder import RawData
+from .images import image_status
 
 
 def _sorted_ids(ids: np.ndarray) -> np.ndarray:
@@ -57,20 +57,13 @@ def _k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
         keep &= ~weak
 
 
-def _check_image(root: Path, image: str, verify: bool) -> str:
-    """'ok', 'missing' (no path given, or no such file) or 'unreadable' (PIL cannot read it)."""
-    if not image:
-        return "missing"
-    path = root / image
-    if not path.is_file():
-        return "missing"
-    if verify:
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            return "unreadable"
-    return "ok"
+def _check_image(root: Path, image: str, decode: bool) -> str:
+    """'ok', 'missing' or 'unreadable' (``images.image_status``); without ``decode`` only whether
+    the file exists."""
+    path = root / image if image else None
+    if decode:
+        return image_status(path)
+    return "ok" if path is not None and path.is_file() else "missing"
 
 
 def _empty_message(name: str, report: LoadReport, k_core: int, min_user: int, n_users: int,
@@ -81,8 +74,12 @@ def _empty_message(name: str, report: LoadReport, k_core: int, min_user: int, n_
         parts.append(f"the {k_core}-core filter dropped {report.users_dropped_kcore} users and "
                      f"{report.items_dropped_kcore} items")
     parts.append(f"{report.users_dropped_too_few} users had fewer than {min_user} interactions")
-    return (f"{name}: empty after filtering: " + "; ".join(parts)
-            + " (lower --k-core / min_user_interactions?)")
+    hint = ("leave-one-out needs at least 3 interactions per user (train, validation, test): add "
+            "interactions to interactions.csv")
+    weaker = (["k_core=0"] if k_core > 0 else []) + (["min_user_interactions=3"] if min_user > 3 else [])
+    if weaker:  # the filters are Python arguments only; the command line has no option for them
+        hint += f"; or, in Python, load a weaker filter: load_dataset(..., {', '.join(weaker)})"
+    return f"{name}: empty after filtering: " + "; ".join(parts) + "; " + hint
 
 
 def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int = 0,
@@ -90,8 +87,8 @@ def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int =
     """Filter ``raw`` and split it leave-one-out by timestamp (algorithms.md section 1).
 
     ``min_user_interactions`` must be at least 3 (one train, one validation, one test item).
-    ``check_images=False`` skips opening image files with PIL (absent files are still counted as
-    missing). Raises ``DatasetError`` when no user is left, saying which filter removed what.
+    ``check_images=False`` skips decoding image files (absent files are still counted as missing).
+    Raises ``DatasetError`` when no user is left, saying which filter removed what.
     """
     if min_user_interactions < 3:
         raise OptionError(f"min_user_interactions={min_user_interactions}: leave-one-out needs at least "
@@ -107,7 +104,7 @@ def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int =
     report.duplicate_interactions_removed = report.interactions_read - len(inter)
     user_code, user_uniques = pd.factorize(inter["user_id"])  # (nnz,), (users,)
     item_code, item_uniques = pd.factorize(inter["item_id"])  # (nnz,), (items,)
-    timestamp = inter["timestamp"].to_numpy(dtype=np.float64)
+    timestamp = inter["timestamp"].to_numpy()  # int64 (exact) or float64, as read_folder gave it
     n_users_read, n_items_read = len(user_uniques), len(item_uniques)
 
     # 2. k-core on users and items, until stable

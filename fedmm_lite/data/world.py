@@ -19,14 +19,19 @@ Timestamps are a random order of the drawn items, so the newest items (the leave
 held-out items) follow the same taste as the training items.
 
 ``ensure_world(preset, seed)`` generates a preset once into ``data_home()`` (atomically) and reuses
-it; ``generate_world`` writes the dataset folder format (design.md) plus ``ground_truth.json``.
+it while it is intact; ``generate_world`` writes the dataset folder format (design.md),
+``ground_truth.json`` and, last, ``manifest.json``: the sha256 of every file it wrote. A world whose
+files no longer match their manifest (truncated, edited, missing) is regenerated: it is a pure
+function of the preset and the seed.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +43,7 @@ from ..errors import DatasetError, OptionError
 from . import world_render as render
 
 GENERATOR_VERSION = "1"
+MANIFEST = "manifest.json"  # {"generator_version", "files": {relative path: sha256}}
 
 # Modality of every attribute ('id' = visible in no content, only in co-consumption).
 ATTRIBUTE_MODALITY = {
@@ -278,7 +284,7 @@ def write_world(world: World, out_dir: Path, preset: str, seed: int,
     user_ids, item_ids = _ids("u", c.n_users), _ids("i", c.n_items)
     attr = {a: [world.attribute_values[a][v] for v in world.item_attributes[a]]
             for a in world.item_attributes}
-    rows = []
+    rows, written = [], ["items.csv", "interactions.csv", "ground_truth.json"]
     for i, iid in enumerate(item_ids):
         title = render.render_title(attr["category"][i], attr["brand"][i], attr["style"][i], rng)
         img = render.render_image(attr["colour"][i], attr["shape"][i], attr["pattern"][i],
@@ -287,6 +293,7 @@ def write_world(world: World, out_dir: Path, preset: str, seed: int,
         if not world.missing_image[i]:
             image = f"images/{iid}.png"
             (out_dir / image).write_bytes(render.png_bytes(img))
+            written.append(image)
         rows.append((iid, "" if world.missing_title[i] else title, image))
     with open(out_dir / "items.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -297,10 +304,17 @@ def write_world(world: World, out_dir: Path, preset: str, seed: int,
         f.writelines(f"{user_ids[u]},{item_ids[i]},{t}\n"
                      for u, i, t in zip(world.users, world.items, world.timestamps))
     truth = ground_truth_dict(world, preset, seed)
-    # written last: its presence (with the right version) marks a complete folder
     (out_dir / "ground_truth.json").write_text(json.dumps(truth, sort_keys=True, indent=1) + "\n",
                                                encoding="utf-8")
+    # written last: its presence marks a complete folder, its checksums an intact one
+    manifest = {"generator_version": GENERATOR_VERSION,
+                "files": {name: _sha256(out_dir / name) for name in sorted(written)}}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n", encoding="utf-8")
     return out_dir
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def generate_world(config: WorldConfig, seed: int, out_dir: Path, preset: str = "custom") -> Path:
@@ -321,19 +335,33 @@ def load_ground_truth(folder: str | Path) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({err})") from None
 
 
-def _is_complete(folder: Path, preset: str, seed: int) -> bool:
-    """True when ``folder`` holds a finished world of this preset, seed and generator version."""
-    path = folder / "ground_truth.json"
-    if not (path.is_file() and (folder / "interactions.csv").is_file()
-            and (folder / "items.csv").is_file() and (folder / "images").is_dir()):
-        return False
+def _world_problem(folder: Path, preset: str, seed: int) -> str | None:
+    """None when ``folder`` holds an intact world of this preset, seed and generator version, else
+    what is wrong with it (every file is checked against its sha256 in the manifest)."""
     try:
-        truth = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return False
-    return (truth.get("generator_version") == GENERATOR_VERSION and truth.get("preset") == preset
-            and truth.get("seed") == seed
-            and sum(1 for _ in (folder / "images").glob("*.png")) == truth.get("n_images"))
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = dict(manifest["files"])
+    except FileNotFoundError:
+        return f"no {MANIFEST}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST} unreadable"
+    for name in ("items.csv", "interactions.csv", "ground_truth.json"):
+        if name not in files:
+            return f"{MANIFEST} does not list {name}"
+    for name, digest in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its sha256 in {MANIFEST}"
+    try:
+        truth = json.loads((folder / "ground_truth.json").read_text(encoding="utf-8"))
+        made_by = (truth["generator_version"], truth["preset"], truth["seed"])
+    except (ValueError, KeyError, TypeError):
+        return "ground_truth.json unreadable"
+    if made_by != (GENERATOR_VERSION, preset, seed):
+        return "made by another generator version, preset or seed"
+    return None
 
 
 def ensure_world(preset: str, seed: int = 0) -> Path:
@@ -341,28 +369,32 @@ def ensure_world(preset: str, seed: int = 0) -> Path:
 
     Generation writes into a temporary folder next to it and renames it into place, so a crash
     or a concurrent caller never leaves a half-written world under the final name. A folder from
-    another generator version, or an incomplete one, is replaced.
+    another generator version, or an incomplete or damaged one (a file missing or not matching its
+    sha256 in the manifest), is replaced, and stderr says why.
     """
     if preset not in WORLD_PRESETS:
         raise OptionError(f"world preset {preset!r}: choose one of {sorted(WORLD_PRESETS)}")
     home = data_home()
     final = home / f"world-{preset}-seed{seed}"
-    if _is_complete(final, preset, seed):
+    problem = _world_problem(final, preset, seed)
+    if problem is None:
         return final
+    if final.exists():
+        sys.stderr.write(f"{final}: {problem}; regenerating the world from seed {seed}\n")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=home))
     try:
         generate_world(WORLD_PRESETS[preset], seed, tmp, preset=preset)
         tmp.chmod(0o755)                            # mkdtemp makes it private to its creator
-        if _is_complete(final, preset, seed):       # a concurrent caller finished first
+        if _world_problem(final, preset, seed) is None:   # a concurrent caller finished first
             return final
-        if final.exists():                          # stale or incomplete: move aside, then replace
+        if final.exists():                          # stale or damaged: move aside, then replace
             stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=home))
             os.replace(final, stale / "old")
             shutil.rmtree(stale)
         try:
             os.replace(tmp, final)
         except OSError:
-            if not _is_complete(final, preset, seed):   # not a concurrent caller's finished world
+            if _world_problem(final, preset, seed) is not None:  # not a concurrent caller's world
                 raise
 
     finally:

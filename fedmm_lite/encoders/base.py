@@ -21,13 +21,10 @@ from typing import Protocol, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..data.images import read_picture
 from ..errors import DatasetError
 
 ImageLike = Union[Image.Image, str, os.PathLike]
-
-# Errors PIL raises on a missing, truncated or corrupt picture (UnidentifiedImageError is an
-# OSError; a decompression bomb and some broken headers raise the others).
-IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class ItemEncoder(Protocol):
@@ -47,12 +44,9 @@ class ItemEncoder(Protocol):
 
 
 def read_image(path: str | os.PathLike) -> Image.Image | None:
-    """Open a picture as RGB, fully decoded; ``None`` when it is missing or unreadable."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")  # convert() forces the decode: truncation shows up here
-    except IMAGE_READ_ERRORS:
-        return None
+    """Open a picture as RGB, fully decoded; ``None`` when it is missing or unreadable
+    (``data.images.read_picture`` decides)."""
+    return read_picture(path)[1]
 
 
 def as_rgb(image: ImageLike) -> Image.Image:

@@ -9,8 +9,14 @@ Keyed, never trusted blindly. meta.json records a key made of
 - the encoder's identity (``describe()``: model, weights or seed, image size, library version),
 so a changed dataset or encoder re-encodes instead of returning stale features.
 
-A cache is used only when meta.json matches the key and both matrices load with the recorded shape,
-dtype float32 and finite values; anything else (truncated file, NaN, wrong shape) is rebuilt.
+A cache is used only when meta.json is well-formed and matches the key, and both matrices load with
+the recorded shape, dtype float32, finite values and the recorded sha256 of their bytes; anything
+else (edited or truncated file, NaN, wrong shape, a meta.json with missing or mistyped fields) is
+rebuilt.
+
+Where: <dataset root>/features/<tag>/. A dataset folder that cannot be written (read-only) keeps its
+cache under ``data_home()/feature-cache/<folder name>-<hash of the folder's path>/<tag>/`` instead
+(``fallback_folder``), so that two datasets never share one.
 
 Resumable: while encoding, each block of items is saved as parts/<key>/part-NNNNN.npz (written to a
 temporary name and renamed, so a part is either whole or absent); an interrupted run picks up the
@@ -18,17 +24,29 @@ parts that load and are well-formed. The final files are written the same way, m
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from ..config import data_home
+from ..data.images import IMAGE_STATUSES
+from ..errors import DatasetError
+
+FORMAT_VERSION = 2  # 2: parts hold each picture's status; meta.json holds the arrays' sha256
 MODALITIES = ("image", "text")
+COUNTS = ("images_missing", "images_unreadable", "titles_missing")
+# meta.json fields a cache hit reads (here, in pipeline.py and viz_features.py), and their types
+META_FIELDS = {"key_hash": str, "dims": dict, "counts": dict, "sha256": dict,
+               "seconds_to_encode": (int, float), "device": str}
+# errors that mean "this folder cannot be written", as opposed to a bug or a full disk
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def file_hash(path: str | os.PathLike) -> str:
@@ -63,6 +81,48 @@ def key_hash(key: dict) -> str:
     return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
+def array_sha256(array: np.ndarray) -> str:
+    """sha256 of an array's bytes in C order (the checksum meta.json records for each matrix)."""
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+
+
+def check_cache_folders(root: str | os.PathLike, tag: str) -> None:
+    """``DatasetError`` when <root>/features or <root>/features/<tag> exists but is not a folder."""
+    for path in (Path(root) / "features", Path(root) / "features" / tag):
+        if os.path.lexists(path) and not path.is_dir():
+            raise DatasetError(f"{path}: a file where the feature cache needs a folder "
+                               f"(<dataset>/features/<encoder>/); move or delete it")
+
+
+def fallback_folder(root: str | os.PathLike, tag: str) -> Path:
+    """The cache folder of a read-only dataset: under ``data_home()``, keyed by the folder's path."""
+    root = Path(root).resolve()
+    digest = hashlib.blake2b(str(root).encode(), digest_size=8).hexdigest()
+    return data_home() / "feature-cache" / f"{root.name}-{digest}" / tag
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0  # bool is an int subclass: excluded
+
+
+def _meta_problem(meta) -> str | None:
+    """What is wrong with a parsed meta.json whose key matches, or None when a hit can use it."""
+    for name, kind in META_FIELDS.items():
+        if name not in meta:
+            return f"no '{name}'"
+        if not isinstance(meta[name], kind) or isinstance(meta[name], bool):
+            return f"'{name}' has the wrong type"
+    for modality in MODALITIES:
+        if not _is_count(meta["dims"].get(modality)):
+            return f"dims['{modality}'] is not a width"
+        if not isinstance(meta["sha256"].get(modality), str):
+            return f"sha256['{modality}'] is not a checksum"
+    for name in COUNTS:
+        if not _is_count(meta["counts"].get(name)):
+            return f"counts['{name}'] is not a count"
+    return None
+
+
 def _atomic_write(path: Path, write) -> None:
     """``write(file)`` into ``path`` through a temporary file and a rename (never half-written)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -95,21 +155,40 @@ class FeatureCache:
         if not meta_path.exists():
             return None, None, "no cache yet"
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None, None, "meta.json unreadable"
-        if not isinstance(meta, dict) or meta.get("key_hash") != self.key_hash:
+            return None, None, "meta.json unreadable (not JSON)"
+        if not isinstance(meta, dict) or not isinstance(meta.get("key_hash"), str):
+            return None, None, "meta.json malformed (no key_hash)"
+        if meta["key_hash"] != self.key_hash:
             return None, None, "dataset or encoder changed"
+        problem = _meta_problem(meta)
+        if problem is not None:
+            return None, None, f"meta.json malformed ({problem})"
         features = {}
         for modality in MODALITIES:
             try:
                 array = np.load(self.folder / f"{modality}.npy", allow_pickle=False)
             except (OSError, ValueError, EOFError):
                 return None, None, f"{modality}.npy unreadable or truncated"
-            if not _well_formed(array, n_items, meta.get("dims", {}).get(modality)):
+            if not _well_formed(array, n_items, meta["dims"][modality]):
                 return None, None, f"{modality}.npy has a wrong shape, dtype or non-finite values"
+            if array_sha256(array) != meta["sha256"][modality]:
+                return None, None, f"{modality}.npy does not match its sha256 in meta.json"
             features[modality] = array
         return features, meta, "hit"
+
+    def write_problem(self) -> str | None:
+        """None when files can be written into the cache folder (created if needed), else why not."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.folder):
+                pass
+        except OSError as err:
+            if err.errno in NOT_WRITABLE:
+                return err.strerror
+            raise
+        return None
 
     def save(self, features: dict, meta: dict) -> None:
         """Write image.npy and text.npy, then meta.json (the commit mark), then drop the parts."""
@@ -117,7 +196,8 @@ class FeatureCache:
         (self.folder / "meta.json").unlink(missing_ok=True)  # invalid until the new one lands
         for modality in MODALITIES:
             _atomic_write(self.folder / f"{modality}.npy", lambda f, a=features[modality]: np.save(f, a))
-        meta = {**meta, "key": self.key, "key_hash": self.key_hash}
+        meta = {**meta, "key": self.key, "key_hash": self.key_hash,
+                "sha256": {m: array_sha256(features[m]) for m in MODALITIES}}
         _atomic_write(self.folder / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
         shutil.rmtree(self.folder / "parts", ignore_errors=True)
 
@@ -134,17 +214,18 @@ class FeatureCache:
         return self.parts_dir / f"part-{block:05d}.npz"
 
     def load_part(self, block: int, rows: int) -> dict | None:
-        """A saved block ``{"image", "text", "image_ok"}`` with ``rows`` rows, or None (absent or bad)."""
+        """A saved block ``{"image", "text", "image_status"}`` with ``rows`` rows, or None (absent or bad)."""
         path = self.part_path(block)
         if not path.exists():
             return None
         try:
             with np.load(path, allow_pickle=False) as npz:
-                part = {name: npz[name] for name in ("image", "text", "image_ok")}
+                part = {name: npz[name] for name in ("image", "text", "image_status")}
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             return None
-        ok = part["image_ok"]
-        if not (ok.dtype == bool and ok.shape == (rows,)
+        status = part["image_status"]  # (rows,) codes into data.images.IMAGE_STATUSES
+        if not (status.dtype == np.int8 and status.shape == (rows,) and bool((status >= 0).all())
+                and bool((status < len(IMAGE_STATUSES)).all())
                 and _well_formed(part["image"], rows) and _well_formed(part["text"], rows)):
             return None
         return part

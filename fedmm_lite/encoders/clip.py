@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,23 @@ from .base import ImageLike, as_rgb, batches
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
+
+# What reading a user's checkpoint file can raise, from torch.load's unpickler (EOFError,
+# IndexError, UnpicklingError on garbage; OSError, RuntimeError on a broken zip) to open_clip's
+# state-dict handling (AttributeError, KeyError, TypeError when the file holds something else) and
+# load_state_dict (RuntimeError: shapes that do not fit). Caught only around that one call.
+CHECKPOINT_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError,
+                     AttributeError, TypeError, pickle.UnpicklingError)
+
+
+def _looks_like_checkpoint(path: str) -> bool:
+    """A file open_clip can read as weights: .safetensors / .npz / .npy by name, else a torch.save
+    file (a zip archive, or a pickle for the legacy format), judged by its first bytes."""
+    if Path(path).suffix in (".safetensors", ".npz", ".npy"):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 @dataclass(frozen=True)
@@ -125,15 +143,23 @@ class ClipEncoder:
 
     def _load_pretrained(self, open_clip):
         c = self.config
+        option = f"--encoder clip:{c.model_name}:{c.pretrained}"
+        if c.is_file and not _looks_like_checkpoint(c.pretrained):
+            raise OptionError(f"{option}: {c.pretrained} is not a model checkpoint (expected a file "
+                              f"written by torch.save, a .safetensors or a .npz file)")
         previous = logging.root.manager.disable
         logging.disable(logging.ERROR)  # open_clip logs the failure too; we raise one clear line
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(c.model_name, pretrained=c.pretrained)
-        except RuntimeError as err:
-            reason = str(err).splitlines()[0][:300]
+            model, _, preprocess = open_clip.create_model_and_transforms(c.model_name,
+                                                                         pretrained=c.pretrained)
+        except CHECKPOINT_ERRORS as err:
+            first_line = str(err).splitlines()[0][:300] if str(err) else ""
+            reason = f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
             if c.is_file:
-                raise FedmmError(f"--encoder clip: checkpoint {c.pretrained} does not load into "
+                raise FedmmError(f"{option}: checkpoint {c.pretrained} does not load into "
                                  f"{c.model_name}: {reason}") from None
+            if not isinstance(err, RuntimeError):
+                raise
             if "not a known tag" in reason:
                 raise OptionError(f"--encoder clip: '{c.pretrained}' is neither a pretrained tag of "
                                   f"{c.model_name} nor an existing checkpoint file") from None

@@ -2,7 +2,8 @@
 
 ``encode_dataset(dataset, encoder)`` fills ``dataset.features = {"image": (n, D_i), "text": (n, D_t)}``
 and ``dataset.feature_encoder``, reading <root>/features/<tag>/ when it is valid (cache.py) and
-otherwise encoding block by block, saving each block so that an interrupted run resumes.
+otherwise encoding block by block, saving each block so that an interrupted run resumes. A
+read-only dataset folder keeps its cache under the data home instead (``cache.fallback_folder``).
 
 Missing inputs never crash the run:
 - a picture that is absent (``image_paths[i] is None``) or that PIL cannot decode gets the mean of
@@ -24,12 +25,14 @@ from tqdm.auto import tqdm
 
 from ..config import resolve_device
 from ..errors import DatasetError, OptionError
-from .base import batches, read_image
-from .cache import FeatureCache, dataset_fingerprint
+from ..data.images import IMAGE_STATUSES, read_picture
+from .base import batches
+from .cache import FeatureCache, check_cache_folders, dataset_fingerprint, fallback_folder
 from .registry import build_encoder, minilm_available
 
 PLACEHOLDER_TITLE = "an item without a title"
 IMPUTATION = "mean of the available image features"
+OK, MISSING, UNREADABLE = (IMAGE_STATUSES.index(s) for s in ("ok", "missing", "unreadable"))
 
 
 def default_offline_encoder() -> str:
@@ -71,23 +74,41 @@ class EncodeSummary:
         return asdict(self)
 
 
-def _encode_block(encoder, dataset, start: int, stop: int, batch_size: int) -> dict:
-    """Features of items ``start..stop-1``: unreadable pictures get zero rows and ``image_ok`` False."""
-    image_parts, text_parts, ok_parts = [], [], []
+def _read_pictures(dataset, rows: range, unreadable_at_load: set) -> tuple[list, np.ndarray]:
+    """The decoded pictures of ``rows`` (None where there is none) and their status codes (b,).
+
+    Status codes index ``IMAGE_STATUSES`` (ok, missing, unreadable), decided by ``read_picture``, the
+    test loading applies too; a picture loading already found unreadable keeps that status.
+    """
+    pictures, codes = [], []
+    for i in rows:
+        path = dataset.image_paths[i]
+        if path is None:
+            status, picture = ("unreadable" if dataset.item_ids[i] in unreadable_at_load else "missing"), None
+        else:
+            status, picture = read_picture(path)
+        pictures.append(picture)
+        codes.append(IMAGE_STATUSES.index(status))
+    return pictures, np.array(codes, dtype=np.int8)
+
+
+def _encode_block(encoder, dataset, start: int, stop: int, batch_size: int, unreadable_at_load: set) -> dict:
+    """Features of items ``start..stop-1`` and their picture status; pictures that are not ok get
+    zero rows (imputed once every block is done)."""
+    image_parts, text_parts, status_parts = [], [], []
     for lo, hi in batches(stop - start, batch_size):
         rows = range(start + lo, start + hi)
-        pictures = [read_image(dataset.image_paths[i]) if dataset.image_paths[i] is not None else None
-                    for i in rows]
-        ok = np.array([p is not None for p in pictures], dtype=bool)  # (b,)
+        pictures, status = _read_pictures(dataset, rows, unreadable_at_load)  # status (b,)
+        ok = status == OK  # (b,)
         feats = encoder.encode_images([p for p in pictures if p is not None])  # (b_ok, D_i)
         image = np.zeros((len(rows), feats.shape[1]), dtype=np.float32)  # (b, D_i)
         image[ok] = feats
         titles = [dataset.titles[i].strip() or PLACEHOLDER_TITLE for i in rows]
         image_parts.append(image)
         text_parts.append(encoder.encode_titles(titles).astype(np.float32))  # (b, D_t)
-        ok_parts.append(ok)
+        status_parts.append(status)
     return {"image": np.concatenate(image_parts), "text": np.concatenate(text_parts),
-            "image_ok": np.concatenate(ok_parts)}
+            "image_status": np.concatenate(status_parts)}
 
 
 def impute_missing_images(image: np.ndarray, image_ok: np.ndarray) -> np.ndarray:
@@ -103,9 +124,27 @@ def impute_missing_images(image: np.ndarray, image_ok: np.ndarray) -> np.ndarray
     return image
 
 
+def _open_cache(root: Path, tag: str, key: dict, n: int) -> tuple[FeatureCache, tuple]:
+    """The cache of ``root``'s features under ``tag`` and what it loads: <root>/features/<tag>/, or,
+    when that holds no valid cache and cannot be written (a read-only dataset), its
+    ``fallback_folder`` under the data home (said on stderr)."""
+    check_cache_folders(root, tag)
+    store = FeatureCache(root / "features" / tag, key)
+    loaded = store.load(n)
+    if loaded[0] is None:
+        problem = store.write_problem()
+        if problem is not None:
+            fallback = FeatureCache(fallback_folder(root, tag), key)
+            sys.stderr.write(f"feature cache: {store.folder} is not writable ({problem}); "
+                             f"using {fallback.folder}\n")
+            store, loaded = fallback, fallback.load(n)
+    return store, loaded
+
+
 def encode_dataset(dataset, encoder=None, device="auto", batch_size: int = 64, progress: bool = True,
                    *, cache: bool = True, part_size: int = 1024) -> EncodeSummary:
-    """Fill ``dataset.features`` with frozen item features (cached under the dataset's folder).
+    """Fill ``dataset.features`` with frozen item features (cached under the dataset's folder, or
+    under the data home when that folder is read-only).
 
     ``encoder`` is a tag (``registry.ENCODER_HELP``; None = ``default_offline_encoder()``) or an
     object following ``base.ItemEncoder``. ``part_size`` items are encoded between two saves of
@@ -129,8 +168,7 @@ def encode_dataset(dataset, encoder=None, device="auto", batch_size: int = 64, p
     if cache and dataset.root is not None:
         key = {"dataset": dataset_fingerprint(dataset), "encoder": encoder.describe(),
                "placeholder_title": PLACEHOLDER_TITLE, "imputation": IMPUTATION}
-        store = FeatureCache(Path(dataset.root) / "features" / encoder.tag, key)
-        features, meta, note = store.load(n)
+        store, (features, meta, note) = _open_cache(Path(dataset.root), encoder.tag, key, n)
         if features is not None:
             dataset.features, dataset.feature_encoder = features, encoder.tag
             return _summary(encoder, dataset, meta["counts"], 0, started, True, store, note, torch_device)
@@ -143,25 +181,26 @@ def encode_dataset(dataset, encoder=None, device="auto", batch_size: int = 64, p
     if hasattr(encoder, "load"):
         encoder.load()  # before the progress bar: a failed download is one clear error
     block = max(batch_size, (part_size // batch_size) * batch_size)  # a whole number of batches
+    unreadable_at_load = set(dataset.report.unreadable_images)
     parts, encoded = [], 0
     with tqdm(total=n, desc=f"encode {encoder.tag}", unit="item", disable=not progress,
               file=sys.stderr) as bar:
         for b, (start, stop) in enumerate(batches(n, block)):
             part = store.load_part(b, stop - start) if store is not None else None
             if part is None:
-                part = _encode_block(encoder, dataset, start, stop, batch_size)
+                part = _encode_block(encoder, dataset, start, stop, batch_size, unreadable_at_load)
                 encoded += stop - start
                 if store is not None:
                     store.save_part(b, part)
             parts.append(part)
             bar.update(stop - start)
 
-    image_ok = np.concatenate([p["image_ok"] for p in parts])  # (n,)
-    has_path = np.array([p is not None for p in dataset.image_paths], dtype=bool)  # (n,)
+    status = np.concatenate([p["image_status"] for p in parts])  # (n,)
+    image_ok = status == OK  # (n,)
     features = {"image": impute_missing_images(np.concatenate([p["image"] for p in parts]), image_ok),
                 "text": np.concatenate([p["text"] for p in parts])}
-    counts = {"images_missing": int((~has_path).sum()),
-              "images_unreadable": int((has_path & ~image_ok).sum()),
+    counts = {"images_missing": int((status == MISSING).sum()),
+              "images_unreadable": int((status == UNREADABLE).sum()),
               "titles_missing": int(sum(1 for t in dataset.titles if not t.strip()))}
     if n and not image_ok.any():
         sys.stderr.write(f"encode {encoder.tag}: no picture could be read; image features are zeros\n")
