@@ -1,4 +1,4 @@
-"""Converters from public raw datasets to the dataset folder format (design.md, FIXED).
+"""Converters from public raw datasets to the dataset folder format (README.md, FIXED).
 
 - ``data_prep.movielens_posters``: MovieLens posters + titles + ml-latest-small ratings.
 - ``data_prep.amazon``: Amazon review subsets used by GFMFR (downloads ratings, metadata, images).

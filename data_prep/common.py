@@ -2,7 +2,7 @@
 
 Every converter ends the same way: a list of ``(user_id, item_id, timestamp)`` interactions and a
 list of ``(item_id, title, image)`` items go through :func:`write_folder` into the dataset folder
-format (design.md, FIXED), and :func:`print_stats` prints our counts next to the paper's.
+format (README.md, FIXED), and :func:`print_stats` prints our counts next to the paper's.
 
 Downloads (:func:`download`) use only the standard library: a progress bar (tqdm), retries with
 exponential backoff, resume of a partial ``.part`` file with an HTTP ``Range`` request, and a
@@ -33,7 +33,6 @@ Interaction = tuple  # (user_id: str, item_id: str, timestamp: int)
 # The papers' dataset statistics (users, items, interactions), for the table printed after each
 # conversion. Sources: GFMFR, dataset statistics table (Amazon subsets after a 10-core filter);
 # FedMR, dataset statistics table (NineRec downstream sets, users with >= 5 interactions).
-# Copied from ../shared/docs/paper_numbers.md.
 PAPER_STATS: dict[str, dict] = {
     # GFMFR (Amazon, 10-core)
     "Beauty": {"paper": "GFMFR", "users": 253, "items": 356, "interactions": 2_535},

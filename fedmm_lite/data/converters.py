@@ -1,7 +1,7 @@
 """Converters from raw public datasets to the dataset folder format, found by preset name.
 
 A converter is a function ``convert(raw_dir: Path, out_dir: Path)`` that writes a dataset folder
-(design.md) into ``out_dir``. This package ships none and imports none by name: a preset such as
+(README.md) into ``out_dir``. This package ships none and imports none by name: a preset such as
 ``movielens-posters`` asks for the converter registered under its name, which comes from
 
 - an entry point of the group ``fedmm_lite.converters`` declared by an installed package, e.g. in

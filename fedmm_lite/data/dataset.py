@@ -43,7 +43,7 @@ class LoadReport:
 
 @dataclass
 class Dataset:
-    """A leave-one-out split of implicit feedback (algorithms.md section 1).
+    """A leave-one-out split of implicit feedback (book/methods.md, "Protocol").
 
     Per user u (index 0..U-1): training items ``train_indices[train_indptr[u]:train_indptr[u+1]]``
     (sorted item indices), one validation item ``valid_items[u]`` (second newest) and one test item

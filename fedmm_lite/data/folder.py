@@ -1,4 +1,4 @@
-"""Read and validate a dataset folder (the FIXED "bring your own data" format, design.md).
+"""Read and validate a dataset folder (the FIXED "bring your own data" format, README.md).
 
 ```
 NAME/interactions.csv   user_id,item_id,timestamp   (ids are strings or ints; timestamp a number:

@@ -1,8 +1,8 @@
 """Training negatives: uniform over the items NOT in the user's training set, redrawn every call.
 
-algorithms.md section 1: negatives are drawn uniformly at random from the items a user has not
+book/methods.md, "Protocol": negatives are drawn uniformly at random from the items a user has not
 trained on (the user's held-out validation and test items may be drawn: a client cannot know its
-future), and redrawn every round; never a fixed or sorted list (defect 4 of section 8).
+future), and redrawn every round; never a fixed or sorted list (book/methods.md, "Defects", item 4).
 
 Membership test: every training pair (u, i) is one int64 key ``u * n + i``; the keys are sorted, so
 "is (u, c) a training pair?" is one ``torch.searchsorted`` for a whole batch. Sampling is rejection

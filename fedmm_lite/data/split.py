@@ -1,4 +1,4 @@
-"""From validated tables to the leave-one-out ``Dataset`` (algorithms.md section 1).
+"""From validated tables to the leave-one-out ``Dataset`` (book/methods.md, "Protocol").
 
 Steps, in this order, all vectorised with numpy:
 1. de-duplicate (user, item) pairs, keeping the earliest timestamp;
@@ -84,7 +84,7 @@ def _empty_message(name: str, report: LoadReport, k_core: int, min_user: int, n_
 
 def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int = 0,
                   check_images: bool = True, name: str | None = None) -> Dataset:
-    """Filter ``raw`` and split it leave-one-out by timestamp (algorithms.md section 1).
+    """Filter ``raw`` and split it leave-one-out by timestamp (book/methods.md, "Protocol").
 
     ``min_user_interactions`` must be at least 3 (one train, one validation, one test item).
     ``check_images=False`` skips decoding image files (absent files are still counted as missing).

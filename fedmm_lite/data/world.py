@@ -19,7 +19,7 @@ Timestamps are a random order of the drawn items, so the newest items (the leave
 held-out items) follow the same taste as the training items.
 
 ``ensure_world(preset, seed)`` generates a preset once into ``data_home()`` (atomically) and reuses
-it while it is intact; ``generate_world`` writes the dataset folder format (design.md),
+it while it is intact; ``generate_world`` writes the dataset folder format (README.md),
 ``ground_truth.json`` and, last, ``manifest.json``: the sha256 of every file it wrote. A world whose
 files no longer match their manifest (truncated, edited, missing) is regenerated: it is a pure
 function of the preset and the seed.

@@ -1,4 +1,4 @@
-"""Frozen item encoders and their feature cache (design.md "Encoders").
+"""Frozen item encoders and their feature cache (chapter 2, "Encoding").
 
     from fedmm_lite.encoders import encode_dataset
     summary = encode_dataset(dataset, "clip-random+minilm")   # dataset.features now filled

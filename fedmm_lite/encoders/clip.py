@@ -8,7 +8,7 @@ how the loading code is tested offline.
 ``clip-random`` is the same architecture with no pretrained weights, initialised from a fixed seed
 (so every run and machine gets the same features). It is labelled as such everywhere: its tag, and
 ``pretrained: false`` in the cache's meta.json. On rendered shapes and templated titles it still
-separates colours, shapes and words (design.md "Encoders"); on real photos it carries mostly colour
+separates colours, shapes and words (chapter 2); on real photos it carries mostly colour
 and layout, not meaning.
 
 Both encoders return L2-normalised rows (the usual way CLIP features are compared).
