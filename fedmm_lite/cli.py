@@ -1,8 +1,9 @@
 """The command line (a FIXED interface: README.md, "Quick mode, data and the command line"): ``python -m fedmm_lite {info,run,bench,encode}``.
 
 Bad input (a malformed dataset folder, an unknown option value) exits with status 2 and one line on
-stderr naming the file, row or option; never a Python traceback. Results go to stdout (JSON) or to
-``--json PATH``; progress bars go to stderr.
+stderr naming the file, row or option; never a Python traceback; Ctrl-C exits 130 with one line.
+Results go to stdout as JSON; with ``run --json PATH`` the JSON goes to the file and stdout gets a
+one-line summary (``--json -``: the JSON on stdout). Progress bars go to stderr.
 """
 from __future__ import annotations
 
@@ -17,6 +18,20 @@ METHODS = ("id", "fedmr", "gfmfr")
 STRATEGIES = ("mix", "sum", "mlp", "gate")
 
 
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed is an integer from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (0 to {MAX_SEED})")
+    return value
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse prints a usage block and exits 2; we print the single line that matters."""
 
@@ -28,7 +43,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def _add_data_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="world",
                    help="world | world-quick | world-full | world-large | movielens-posters | a dataset folder")
-    p.add_argument("--seed", type=int, default=0, help="one seed makes a run repeatable")
+    p.add_argument("--seed", type=_seed, default=0, help="one seed makes a run repeatable (0 to 2**32 - 1)")
     p.add_argument("--quick", action="store_true", help="quick mode (same as FEDMM_QUICK=1)")
 
 
@@ -57,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--neg-ratio", type=int, default=None, help="negatives per positive (default 4)")
     p.add_argument("--chunk-size", type=int, default=None, help="clients trained at once (memory bound)")
-    p.add_argument("--json", dest="json_path", default=None, help="write the result object here")
+    p.add_argument("--json", dest="json_path", default=None,
+                   help="write the result object to this file (stdout then gets a one-line summary); - for stdout")
 
     p = sub.add_parser("bench", help="time the batched engine against the per-client loop")
     _add_data_option(p)

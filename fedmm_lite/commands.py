@@ -27,8 +27,11 @@ import numpy as np
 from .errors import OptionError
 
 MODALITIES = ("id", "text", "image")
-# Defaults of the multimodal-only options as cli.py declares them; any other value needs fedmr.
+# Defaults of the method-specific options as cli.py declares them; another value needs a method
+# that uses the option (_OPTION_METHODS).
 _MULTIMODAL_DEFAULTS = {"strategy": "mix", "modalities": "id,text,image", "groups": None, "encoder": None}
+_OPTION_METHODS = {"strategy": ("fedmr",), "modalities": ("fedmr",), "groups": ("gfmfr",),
+                   "encoder": ("fedmr", "gfmfr")}
 _NOT_BUILT = ("gfmfr",)
 
 
@@ -52,12 +55,12 @@ def _check_multimodal_options(args) -> None:
                               f"(choose from {', '.join(MODALITIES)}, comma separated)")
     if getattr(args, "groups", None) is not None and args.groups < 1:
         raise OptionError(f"--groups {args.groups}: must be a positive integer")
-    if getattr(args, "method", "id") != "id":
-        return
+    method = getattr(args, "method", "id")
     for name, default in _MULTIMODAL_DEFAULTS.items():
         value = getattr(args, name, default)
-        if value != default:
-            raise OptionError(f"--{name} {value}: applies to --method fedmr/gfmfr only, not to --method id")
+        if value != default and method not in _OPTION_METHODS[name]:
+            raise OptionError(f"--{name} {value}: applies to --method {'/'.join(_OPTION_METHODS[name])} "
+                              f"only, not to --method {method}")
 
 
 def _check_device(args) -> None:
@@ -73,14 +76,29 @@ def _check_device(args) -> None:
         raise OptionError(f"--device {args.device}: use auto | cpu | cuda | cuda:N")
 
 
-def _check_json_path(args) -> Path | None:
+STDOUT = "-"     # ``--json -``: the JSON object on stdout
+
+
+def _check_json_path(args) -> Path | str | None:
+    """The ``--json`` target, checked writable BEFORE anything runs (a result is never lost to a
+    bad path after an hour of training): None, ``STDOUT`` or a file path."""
     if not getattr(args, "json_path", None):
         return None
+    if args.json_path == STDOUT:
+        return STDOUT
     path = Path(args.json_path).expanduser()
     if path.is_dir():
         raise OptionError(f"--json {args.json_path}: is a folder, expected a file path")
     if not path.parent.is_dir():
         raise OptionError(f"--json {args.json_path}: folder {str(path.parent)!r} does not exist")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as err:
+        raise OptionError(f"--json {args.json_path}: cannot write there ({err.strerror})") from None
+    if not existed:
+        path.unlink()
     return path
 
 
@@ -136,12 +154,23 @@ def _clean(obj):
     return str(obj)
 
 
-def write_json(obj: dict, path: Path | None) -> None:
-    """Print one JSON object on stdout and, when ``path`` is given, write it there too."""
-    text = json.dumps(_clean(obj), indent=2)
-    if path is not None:
-        path.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+def write_json(obj: dict, target: Path | str | None, summary: str = "") -> None:
+    """The JSON object to the file ``target`` with the one-line ``summary`` on stdout, or the JSON
+    on stdout (``target`` None or ``STDOUT``). If the file cannot be written after all, the JSON
+    goes to stdout so that the result is not lost, and the error names the option."""
+    text = json.dumps(_clean(obj), indent=2) + "\n"
+    if target is None or target == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        target.write_text(text)
+    except OSError as err:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        raise OptionError(f"--json {target}: cannot write it ({err.strerror}); the result was "
+                          f"printed on stdout instead") from None
+    sys.stdout.write((summary or f"result written to {target}") + "\n")
     sys.stdout.flush()
 
 
@@ -153,7 +182,7 @@ def cmd_info(args) -> int:
     from .data import load_dataset
 
     dataset = load_dataset(args.data, seed=args.seed)
-    write_json(dataset.stats(), None)
+    write_json(dataset.stats(), STDOUT)
     return 0
 
 
@@ -201,8 +230,17 @@ def _run(dataset, config):
 
     try:
         return run_federated(dataset, config, progress=True)
-    except FloatingPointError as err:       # the loop names the round and says to lower --lr
+    except FloatingPointError as err:       # the round names itself and says what helps
         raise OptionError(str(err)) from None
+
+
+def summary_line(out: dict, target) -> str:
+    """One line for stdout when the JSON goes to a file."""
+    c = out["config"]
+    method = c["method"] if c["method"] != "id" else "ID"
+    return (f"{c['backbone']} ({method}) on {out['dataset']['name']}: best round {out['best_round']} "
+            f"(valid HR@50 {out['valid']['hr@50']:.4f}), test HR@50 {out['test']['hr@50']:.4f} "
+            f"NDCG@50 {out['test']['ndcg@50']:.4f}; {out['seconds']:.1f} s; JSON in {target}")
 
 
 def cmd_run(args) -> int:
@@ -218,7 +256,8 @@ def cmd_run(args) -> int:
     encode_for(args, config, dataset)
     with PeakMemory(resolve_device(config.device)) as memory:
         result = _run(dataset, config)
-    write_json(result_json(result, dataset, memory), json_path)
+    out = result_json(result, dataset, memory)
+    write_json(out, json_path, summary_line(out, json_path))
     return 0
 
 
@@ -254,5 +293,7 @@ def cmd_bench(args) -> int:
                     if batched["seconds_per_round"] > 0 else None),
         **agreement,
     }
-    write_json(out, json_path)
+    write_json(out, json_path, f"batched {batched['seconds_per_round']:.3f} s/round, oracle "
+                               f"{reference['seconds_per_round']:.3f} s/round ({out['speedup']:.1f}x), "
+                               f"metrics agree: {agreement['metrics_agree']}; JSON in {json_path}")
     return 0

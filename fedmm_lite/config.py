@@ -4,18 +4,31 @@ One place, so that notebooks, tests and the command line agree:
 - ``FEDMM_QUICK=1`` shrinks data, rounds and epochs (tests set it; teachers use it on laptops).
 - ``FEDMM_DATA_DIR`` is where generated and converted datasets are cached
   (default ``~/.cache/fedmm_lite``).
+- ``TQDM_DISABLE=1`` switches every progress bar off (the book builds with it: a bar would become a
+  widget box in the rendered page).
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # torch is imported where a device is resolved: importing the package stays light
+    import torch
 
 
 def quick_mode() -> bool:
     """True when ``FEDMM_QUICK`` is set to a true value (read at call time, never cached)."""
     return os.environ.get("FEDMM_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, **kwargs):
+    """A tqdm progress bar on stderr, off when ``enabled`` is False or ``TQDM_DISABLE`` is set."""
+    from tqdm.auto import tqdm
+
+    off = not enabled or os.environ.get("TQDM_DISABLE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, disable=off, **kwargs)
 
 
 def data_home() -> Path:
@@ -28,6 +41,8 @@ def data_home() -> Path:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     if device == "auto":

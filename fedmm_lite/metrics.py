@@ -34,6 +34,10 @@ if TYPE_CHECKING:   # metrics only reads a Dataset's arrays; no import-time depe
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]   # users (c,) -> scores (c, n)
 
+
+class NonFiniteScores(ValueError):
+    """A model's scores are NaN or infinite: it diverged (a ranking of them would mean nothing)."""
+
 SPLITS = ("valid", "test")
 
 
@@ -214,11 +218,11 @@ def evaluate(score_fn: ScoreFn, dataset: Dataset, split: str = "valid",
             raise ValueError(f"evaluate: score_fn must return a tensor of shape "
                              f"({chunk.shape[0]}, {n}) (users, items), got {shape}")
         scores = scores.to(device)                                               # (c, n)
-        nan_rows = torch.isnan(scores).any(dim=1)
-        if bool(nan_rows.any()):
-            bad = chunk[nan_rows][:5].tolist()
-            raise ValueError(f"evaluate: score_fn returned NaN scores for {int(nan_rows.sum())} "
-                             f"users (first user indices {bad}); the model diverged")
+        bad_rows = ~torch.isfinite(scores).all(dim=1)
+        if bool(bad_rows.any()):
+            bad = chunk[bad_rows][:5].tolist()
+            raise NonFiniteScores(f"scores are NaN or infinite for {int(bad_rows.sum())} users "
+                                  f"(first user indices {bad})")
         mask = _chunk_exclusion_mask(chunk, indptr, indices, other_all[chunk], n)  # (c, n)
         ranks.append(target_ranks(scores, targets_all[chunk], mask))
     ranks_t = torch.cat(ranks).cpu()                                             # (m,)

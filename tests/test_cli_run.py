@@ -66,9 +66,8 @@ def test_run_one_round_every_backbone(env, tmp_path, backbone):
     proc = cli(env, "run", "--data", "world-quick", "--backbone", backbone, "--rounds", "1",
                "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = json.loads(proc.stdout)
-    written = json.loads(out.read_text())
-    assert printed == written                       # one object, both places
+    printed = json.loads(out.read_text())
+    assert len(proc.stdout.strip().splitlines()) == 1         # the JSON in the file, a summary here
     assert FIXED_KEYS <= set(printed)
     assert printed["config"]["backbone"] == backbone
     assert printed["config"]["rounds"] == 1

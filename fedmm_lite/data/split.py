@@ -130,7 +130,7 @@ def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int =
     report.items_without_interactions = len(raw.items) - len(item_ids) - report.items_dropped_kcore
     user_index = pd.Index(user_ids).get_indexer(np.asarray(user_uniques)[user_code])  # (nnz,)
     item_index = pd.Index(item_ids).get_indexer(np.asarray(item_uniques)[item_code])  # (nnz,)
-    n_users, n_items = len(user_ids), len(item_ids)
+    n_users = len(user_ids)
 
     # 6. leave-one-out: sort by (user, timestamp, item); the last entry of a user is its test item
     order = np.lexsort((item_index, timestamp, user_index))

@@ -21,9 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..config import resolve_device
+from ..config import progress_bar, resolve_device
 from ..errors import DatasetError, OptionError
 from ..data.images import IMAGE_STATUSES, read_picture
 from .base import batches
@@ -183,8 +182,7 @@ def encode_dataset(dataset, encoder=None, device="auto", batch_size: int = 64, p
     block = max(batch_size, (part_size // batch_size) * batch_size)  # a whole number of batches
     unreadable_at_load = set(dataset.report.unreadable_images)
     parts, encoded = [], 0
-    with tqdm(total=n, desc=f"encode {encoder.tag}", unit="item", disable=not progress,
-              file=sys.stderr) as bar:
+    with progress_bar(n, f"encode {encoder.tag}", progress, unit="item") as bar:
         for b, (start, stop) in enumerate(batches(n, block)):
             part = store.load_part(b, stop - start) if store is not None else None
             if part is None:

@@ -28,6 +28,8 @@ from .privacy import parse_noise
 
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap", "popularity")
 ENGINES = ("batched", "oracle")
+MAX_NEG_RATIO = 100           # a client trains on (1 + neg_ratio) n_u samples a round: keep it bounded
+MAX_SEED = 2**32 - 1
 MAP_FORMS = ("auto", "kernel", "explicit")
 METHODS = ("id", "fedmr")
 FUSION_STRATEGIES = ("mix", "sum", "mlp", "gate")
@@ -130,7 +132,9 @@ def validate(config: FedConfig) -> FedConfig:
         (c.local_epochs >= 1, f"--local-epochs {c.local_epochs}: must be >= 1"),
         (0.0 < c.sample_ratio <= 1.0, f"--sample-ratio {c.sample_ratio}: must be in (0, 1]"),
         (c.batch_size >= 1, f"--batch-size {c.batch_size}: must be >= 1"),
-        (c.neg_ratio >= 0, f"--neg-ratio {c.neg_ratio}: must be >= 0"),
+        (0 <= c.neg_ratio <= MAX_NEG_RATIO, f"--neg-ratio {c.neg_ratio}: must be from 0 to "
+                                            f"{MAX_NEG_RATIO} negatives per positive (the papers use 1 to 4)"),
+        (0 <= c.seed <= MAX_SEED, f"--seed {c.seed}: must be an integer from 0 to {MAX_SEED}"),
         (c.dim >= 1, f"dim {c.dim}: must be >= 1"),
         (c.chunk_size >= 1, f"--chunk-size {c.chunk_size}: must be >= 1"),
         (c.chunk_samples >= 1, f"chunk_samples {c.chunk_samples}: must be >= 1"),

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..config import resolve_device
+from ..config import progress_bar, resolve_device
 from ..data import NegativeSampler
-from ..metrics import evaluate
+from ..metrics import NonFiniteScores, evaluate
 from . import engine, oracle
 from .config import FedConfig, validate
 from .method import full_scores, make_method
@@ -150,11 +149,27 @@ class FederatedRun:
             return pop.expand(len(users), -1)
         return full_scores(self.state, users)
 
-    def evaluate(self) -> tuple[dict, dict]:
-        """(valid, test) metrics of the current model, full ranking."""
+    def evaluate(self, t: int = 0) -> tuple[dict, dict]:
+        """(valid, test) metrics of the current model (after round ``t``), full ranking."""
         kw = dict(ks=KS, chunk_size=self.config.eval_chunk_size, device=self.device)
-        return (evaluate(self.score, self.dataset, "valid", **kw),
-                evaluate(self.score, self.dataset, "test", **kw))
+        try:
+            return (evaluate(self.score, self.dataset, "valid", **kw),
+                    evaluate(self.score, self.dataset, "test", **kw))
+        except NonFiniteScores as err:      # a private tensor diverged: say so, not a traceback
+            raise self._diverged(t, str(err)) from None
+
+    def _diverged(self, t: int, what: str) -> FloatingPointError:
+        """The error of a diverged run, with what helps: noise without clipping is unbounded next
+        to the updates it is added to; otherwise the step sizes are too large."""
+        config = self.config
+        if self.noise.active:
+            hint = (f"under --noise {config.noise}, which has no bound next to the updates it is added "
+                    f"to: lower the noise scale or clip the uploads before noising them (chapter "
+                    f"'Privacy, honestly')")
+        else:
+            hint = "lower --lr (or the item step, item_lr)"
+        return FloatingPointError(f"round {t}: the model diverged ({what}) for {config.backbone} "
+                                  f"({config.method}); {hint}")
 
     def train_round(self, t: int) -> RoundRecord:
         """Round ``t`` without evaluation (module docstring, steps 1-4)."""
@@ -166,8 +181,10 @@ class FederatedRun:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         if not np.isfinite(loss):
-            raise FloatingPointError(f"round {t}: training loss is {loss} for backbone "
-                                     f"{self.config.backbone}; lower --lr / item_lr")
+            raise self._diverged(t, f"the training loss is {loss}")
+        bad = [name for name, value in self.state.global_.items() if not bool(torch.isfinite(value).all())]
+        if bad:
+            raise self._diverged(t, f"the global {', '.join(bad)} hold NaN or infinite values")
         return RoundRecord(t, loss, time.perf_counter() - start, int(participants.shape[0]),
                            server=diagnostics)
 
@@ -181,7 +198,7 @@ class FederatedRun:
             for t in range(1, self.config.rounds + 1):
                 record = self.train_round(t)
                 if t % self.config.eval_every == 0 or t == self.config.rounds:
-                    record.valid, record.test = self.evaluate()
+                    record.valid, record.test = self.evaluate(t)
                 yield record
 
 
@@ -233,23 +250,13 @@ def select_best(history: list, key: str = SELECT_ON) -> dict:
     return best
 
 
-def _progress(total: int, enabled: bool, label: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:   # progress is optional; the run is the same without it
-        return None
-    return tqdm(total=total, desc=label, file=sys.stderr, leave=False)
-
-
 def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResult:
     """Train and evaluate one configuration: every round of ``FederatedRun``, then model selection
     on validation (module docstring)."""
     t0 = time.perf_counter()
     run = FederatedRun(dataset, config)
     result = RunResult(config=run.config)
-    bar = _progress(run.config.rounds, progress and run.state is not None, f"{run.config.backbone} rounds")
+    bar = progress_bar(run.config.rounds, f"{run.config.backbone} rounds", progress and run.state is not None)
     for record in run:
         result.train_seconds += record.train_seconds
         result.client_updates += record.participants
@@ -260,12 +267,11 @@ def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResul
             if record.server:
                 entry["server"] = record.server
             result.history.append(entry)
-        if bar is not None and record.round > 0:
+        if record.round > 0:
             bar.update(1)
             bar.set_postfix(loss=f"{record.train_loss:.4f}",
                             hr50=f"{result.history[-1]['valid']['hr@50']:.4f}")
-    if bar is not None:
-        bar.close()
+    bar.close()
     best = select_best(result.history)
     result.best_round, result.valid, result.test = best["round"], best["valid"], best["test"]
     result.seconds = time.perf_counter() - t0
