@@ -64,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="communication rounds (0 = evaluate untrained)")
     p.add_argument("--local-epochs", type=int, default=None)
     p.add_argument("--sample-ratio", type=float, default=None, help="fraction of clients per round (beta)")
-    p.add_argument("--groups", type=int, default=None, help="GFMFR: number of client groups")
+    p.add_argument("--groups", type=int, default=None, help="GFMFR: number of client groups g (default 3)")
+    p.add_argument("--grouping", default=None, choices=("kmeans", "spectral", "agglomerative"),
+                   help="GFMFR: how clients are grouped by their prediction functions (default kmeans)")
+    p.add_argument("--lambda-schedule", default=None,
+                   choices=("ours", "scale-align", "smooth", "progressive", "cosine"),
+                   help="GFMFR: the distillation weight's schedule (default ours)")
+    p.add_argument("--gfmfr-ablation", default=None,
+                   choices=("none", "random-group", "single-group", "multiple-agg"),
+                   help="GFMFR: an ablation of the paper (default none)")
     p.add_argument("--noise", default="none", help="none | gaussian:STD | laplace:SCALE")
     p.add_argument("--encoder", default=None, help="item encoder tag for multimodal methods")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

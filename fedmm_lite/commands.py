@@ -29,21 +29,17 @@ from .errors import OptionError
 MODALITIES = ("id", "text", "image")
 # Defaults of the method-specific options as cli.py declares them; another value needs a method
 # that uses the option (_OPTION_METHODS).
-_MULTIMODAL_DEFAULTS = {"strategy": "mix", "modalities": "id,text,image", "groups": None, "encoder": None}
+_MULTIMODAL_DEFAULTS = {"strategy": "mix", "modalities": "id,text,image", "groups": None, "encoder": None,
+                        "grouping": None, "lambda_schedule": None, "gfmfr_ablation": None}
 _OPTION_METHODS = {"strategy": ("fedmr",), "modalities": ("fedmr",), "groups": ("gfmfr",),
+                   "grouping": ("gfmfr",), "lambda_schedule": ("gfmfr",), "gfmfr_ablation": ("gfmfr",),
                    "encoder": ("fedmr", "gfmfr")}
-_NOT_BUILT = ("gfmfr",)
+_GFMFR_OPTIONS = ("groups", "grouping", "lambda_schedule", "gfmfr_ablation")
 
 
 # ---------------------------------------------------------------------------------------------
 # option checks (one clear line each, naming the option)
 # ---------------------------------------------------------------------------------------------
-def _check_method(args) -> None:
-    if args.method in _NOT_BUILT:
-        raise OptionError(f"--method {args.method}: this method is not built yet in this version of "
-                          f"fedmm_lite (available: id, fedmr)")
-
-
 def _check_multimodal_options(args) -> None:
     """``--strategy/--modalities/--groups/--encoder`` only mean something for a multimodal method."""
     modalities = getattr(args, "modalities", None)
@@ -59,8 +55,8 @@ def _check_multimodal_options(args) -> None:
     for name, default in _MULTIMODAL_DEFAULTS.items():
         value = getattr(args, name, default)
         if value != default and method not in _OPTION_METHODS[name]:
-            raise OptionError(f"--{name} {value}: applies to --method {'/'.join(_OPTION_METHODS[name])} "
-                              f"only, not to --method {method}")
+            raise OptionError(f"--{name.replace('_', '-')} {value}: applies to --method "
+                              f"{'/'.join(_OPTION_METHODS[name])} only, not to --method {method}")
 
 
 def _check_device(args) -> None:
@@ -126,6 +122,9 @@ def build_config(args, **extra):
         overrides["strategy"] = getattr(args, "strategy", None) or "mix"
         modalities = getattr(args, "modalities", None) or "id,text,image"
         overrides["modalities"] = tuple(m.strip() for m in modalities.split(","))
+    if overrides["method"] == "gfmfr":
+        overrides.update({name: getattr(args, name) for name in _GFMFR_OPTIONS
+                          if getattr(args, name, None) is not None})
     overrides.update(extra)
     return default_config(args.backbone, **overrides)
 
@@ -192,7 +191,6 @@ def cmd_info(args) -> int:
 def check_run_options(args) -> Path | None:
     """The checks of ``run`` that ``default_config`` does not do (which method, multimodal-only
     options, device, output path); returns the ``--json`` path (or None)."""
-    _check_method(args)
     _check_multimodal_options(args)
     _check_device(args)
     return _check_json_path(args)
@@ -269,7 +267,6 @@ def cmd_bench(args) -> int:
     from .data import load_dataset
     from .timing import compare_metrics, time_engine
 
-    _check_method(args)
     _check_device(args)
     json_path = _check_json_path(args)
     if args.rounds < 1:

@@ -1,7 +1,7 @@
 """The privacy boundary (book/methods.md, "Privacy"): the server sees upload objects only.
 
-- an ``UploadBatch`` carries named shared-tensor updates, what the method reports, and training-set
-  sizes only where the rule weighs by them; nothing else;
+- an ``UploadBatch`` carries named shared-tensor updates, what the method reports, who sent them,
+  and training-set sizes only where the rule weighs by them; nothing else;
 - the server side of a round, run from the uploads alone with every client's private state replaced
   by garbage (or absent), gives exactly the global model of the untouched round; a deliberately
   leaking server step is caught by the same check;
@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,12 +79,18 @@ def boundary_holds(config, data, trainer=engine, noise="none") -> bool:
         fill_private(value, float("nan"))
     state.private, state.buffers = None, None               # absent: any read would raise
     result = server_side(state, uploads, config)
-    return all(torch.equal(result[k], reference.global_[k]) for k in reference.global_)
+    same_model = all(torch.equal(result[k], reference.global_[k]) for k in reference.global_)
+    # and the method's server-only state (GFMFR: groups, targets' module, teacher)
+    only, ref_only = state.server.only, reference.server.only
+    same_only = set(only) == set(ref_only) and all(
+        torch.equal(only[k], ref_only[k]) if torch.is_tensor(only[k])
+        else all(np.array_equal(a, b) for a, b in zip(only[k], ref_only[k])) for k in only)
+    return same_model and same_only
 
 
 def test_an_upload_holds_only_named_shared_updates_reports_and_sizes():
-    assert {f.name for f in dataclasses.fields(UploadBatch)} == {"n_clients", "sizes", "values", "rows",
-                                                                 "owners", "reports"}
+    assert {f.name for f in dataclasses.fields(UploadBatch)} == {"n_clients", "clients", "sizes", "values",
+                                                                 "rows", "owners", "reports"}
     data = tiny_dataset()
     for backbone in TRAINED:
         config = small_config(backbone)
@@ -93,6 +100,7 @@ def test_an_upload_holds_only_named_shared_updates_reports_and_sizes():
         assert set(uploads.values) == set(state.global_)            # shared tensors only
         assert not set(uploads.values) & set(state.private)
         assert set(uploads.reports) == set(state.spec.reported) == set()
+        assert torch.equal(uploads.clients, plan.clients)
         # the training-set sizes travel only where the rule weighs by them
         if backbones.SPECS[backbone].rule == "data_size":
             assert torch.equal(uploads.sizes, plan.sizes)
@@ -121,7 +129,7 @@ def test_the_check_catches_a_server_step_that_reads_private_state(monkeypatch):
         self.leak = state.private
         return session(state, *args)
 
-    def server_step(self, server, uploads, config, t):
+    def server_step(self, server, uploads, start, config, t):
         server.global_["Q"] = server.global_["Q"] + self.leak["p"].mean()
         return {}
 

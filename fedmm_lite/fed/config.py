@@ -31,7 +31,10 @@ ENGINES = ("batched", "oracle")
 MAX_NEG_RATIO = 100           # a client trains on (1 + neg_ratio) n_u samples a round: keep it bounded
 MAX_SEED = 2**32 - 1
 MAP_FORMS = ("auto", "kernel", "explicit")
-METHODS = ("id", "fedmr")
+METHODS = ("id", "fedmr", "gfmfr")
+GROUPINGS = ("kmeans", "spectral", "agglomerative")
+LAMBDA_SCHEDULES = ("ours", "scale-align", "smooth", "progressive", "cosine")
+GFMFR_ABLATIONS = ("none", "random-group", "single-group", "multiple-agg")
 FUSION_STRATEGIES = ("mix", "sum", "mlp", "gate")
 # FedMR's module step, chosen on VALIDATION HR@50 of world-quick (FedAvg, 5 rounds, H = 1, quick
 # mode; the backbone's item_lr and lr kept): fusion_lr 0.1: 0.650 | 0.5: 0.639; item_lr 100 instead
@@ -69,7 +72,7 @@ class FedConfig:
     """One federated run. ``None`` step sizes mean the backbone's tuned default (``BACKBONE_DEFAULTS``)."""
 
     backbone: str = "fedavg"      # fedavg | fcf | fedncf | pfedrec | fedrap | popularity
-    method: str = "id"            # id | fedmr (method.py, fedmr.py)
+    method: str = "id"            # id | fedmr | gfmfr (method.py, fedmr.py, gfmfr.py)
     rounds: int = 100             # communication rounds T (0 = evaluate the untrained model)
     local_epochs: int = 5         # H, passes over the client's samples per round (GFMFR: 5)
     sample_ratio: float = 1.0     # beta, fraction of clients sampled per round
@@ -101,6 +104,15 @@ class FedConfig:
     router_hidden: int = 16       # width of the private router MLP (K d -> hidden -> K)
     fusion_lr: float | None = None  # step of the global mapping and strategy modules (None = FUSION_LR)
     feature_map_form: str = "auto"  # the engine's per-client A_m: auto | kernel | explicit (feature_maps.py)
+    # GFMFR (method "gfmfr": gfmfr.py, grouping.py; book/methods.md, "GFMFR")
+    groups: int = 3               # g, client groups (the world plants three)
+    grouping: str = "kmeans"      # kmeans | spectral | agglomerative, on the prediction functions P_u
+    lambda_schedule: str = "ours"  # ours (SmoothCoef x increasing ramp) | scale-align | smooth | progressive | cosine
+    gfmfr_ablation: str = "none"  # none | random-group | single-group (g = 1) | multiple-agg (one S_phi per group)
+    server_epochs: int = 20       # full-batch epochs of the aggregation module S_phi per round
+    aggregation_lr: float = 0.01  # Adam step of S_phi and the group embeddings E_G (server side)
+    smooth_decay: float = 0.9     # SmoothCoef: m_u <- decay m_u + (1 - decay) L_rec / L_dis, per client
+    ratio_cap: float = 1.0        # L_rec / L_dis capped here (inf = as written; with SGD it diverges)
 
     def fusion_step(self) -> float:
         """Step of FedMR's global fusion modules: ``fusion_lr``, or ``FUSION_LR``."""
@@ -164,6 +176,23 @@ def validate(config: FedConfig) -> FedConfig:
             raise OptionError(f"fusion_lr {c.fusion_lr}: must be >= 0")
         if c.backbone == "popularity":
             raise OptionError("--method fedmr: needs a trained backbone, not popularity")
+    if c.method == "gfmfr":
+        checks = [
+            (c.backbone != "popularity", "--method gfmfr: needs a trained backbone, not popularity"),
+            (c.groups >= 1, f"--groups {c.groups}: must be >= 1"),
+            (c.grouping in GROUPINGS, f"--grouping {c.grouping!r}: choose one of {', '.join(GROUPINGS)}"),
+            (c.lambda_schedule in LAMBDA_SCHEDULES,
+             f"--lambda-schedule {c.lambda_schedule!r}: choose one of {', '.join(LAMBDA_SCHEDULES)}"),
+            (c.gfmfr_ablation in GFMFR_ABLATIONS,
+             f"--gfmfr-ablation {c.gfmfr_ablation!r}: choose one of {', '.join(GFMFR_ABLATIONS)}"),
+            (c.server_epochs >= 0, f"server_epochs {c.server_epochs}: must be >= 0"),
+            (c.aggregation_lr > 0, f"aggregation_lr {c.aggregation_lr}: must be > 0"),
+            (0.0 <= c.smooth_decay < 1.0, f"smooth_decay {c.smooth_decay}: must be in [0, 1)"),
+            (c.ratio_cap > 0, f"ratio_cap {c.ratio_cap}: must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise OptionError(message)
     parse_noise(c.noise)
     return config
 

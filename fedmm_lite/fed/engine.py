@@ -188,8 +188,12 @@ def _closed_form_batch(backbone, step, batch, phases, t, config) -> torch.Tensor
     view = _batch_view(step.local, step.row_names, act, slots, (), autograd=False)
     first = None
     for k, phase in enumerate(phases):
+        def extra(s, rec_loss, k=k):       # the method's loss term on the logits, if any
+            return step.session.extra_loss(s, rec_loss, act, batch, k)
+
         loss, grads = gradients.loss_and_grads(backbone, view, phase, batch.y, batch.weight,
-                                               batch.valid, t, config, with_loss=k == 0)
+                                               batch.valid, t, config, with_loss=k == 0,
+                                               logit_term=extra if step.session.has_extra_loss else None)
         step(phase, grads, act, slots)
         if k == 0:
             first = loss
@@ -218,10 +222,12 @@ def _autograd_batch(backbone, step, batch, phases, t, config) -> torch.Tensor:
         # loss_c = mean over c's valid samples of BCE(sigma(s), y) (+ FedRAP's regulariser)
         bce = F.binary_cross_entropy_with_logits(logits, batch.y, reduction="none")
         loss = (bce * batch.weight).sum(1)                                      # (A,)
-        for extra in (backbones.regulariser(backbone, view, batch.valid, t, config),
-                      session.extra_loss(logits, act, batch)):
-            if extra is not None:
-                loss = loss + extra
+        reg = backbones.regulariser(backbone, view, batch.valid, t, config)
+        if reg is not None:
+            loss = loss + reg
+        extra = session.extra_loss(logits, loss.detach(), act, batch, k)       # (A,) or None
+        if extra is not None:
+            loss = loss + extra[0]
         # one backward on sum_c loss_c: client c's tensors only receive client c's gradient
         trained = [name for name in phase if name in leaves]
         names = trained + list(held_leaves)
@@ -238,7 +244,7 @@ def _uploads(state, plan, local, start, session) -> UploadBatch:
     """Delta_u = start - end for every shared tensor (item tables row-sparse), the held tensors'
     updates from the session, and the private tensors the method reports."""
     spec = state.spec
-    batch = UploadBatch.for_rule(spec.rule, plan.sizes)
+    batch = UploadBatch.for_rule(spec.rule, plan.sizes, plan.clients)
     held = session.uploads()
     for name in state.global_:
         if name in held:

@@ -47,22 +47,31 @@ def has_closed_form(backbone: str) -> bool:
 
 
 def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.Tensor,
-                   valid: torch.Tensor, t: int, config, with_loss: bool = True):
+                   valid: torch.Tensor, t: int, config, with_loss: bool = True, logit_term=None):
     """Per-client loss (A,) and the gradients of sum_c loss_c with respect to ``names``.
 
     ``view``: item-table rows of the batch (A, B, d), user vectors (A, d), biases (A,);
     ``y`` (A, B) labels; ``m`` (A, B) the valid mask (``valid``, bool) divided by each client's
     number of valid samples n_B, so that sum_b m_b BCE_b is the mean. Returns ``(loss or None, [grad of each
     name])``, the same values autograd gives; ``with_loss=False`` skips computing the loss.
+    ``logit_term(s, loss)`` (a method's extra loss on the logits, GFMFR's distillation) returns
+    ``(its loss (A,), its gradient in the logits (A, B))``, added to (G1).
     """
     user, tables = INNER_PRODUCT[backbone]
     u = view[user]                                                               # (A, d)
     x = backbones.id_rows(backbone, view)["item"]                               # (A, B, d)
     s = backbones.score(backbone, view, {"item": x})                            # (A, B)
     loss = None
-    if with_loss:
+    if with_loss or logit_term is not None:
         loss = (F.binary_cross_entropy_with_logits(s, y, reduction="none") * m).sum(1)
+        if backbone == "fedrap":
+            loss = loss + backbones.regulariser(backbone, view, valid, t, config)
     g = (torch.sigmoid(s) - y) * m                                              # (G1) (A, B)
+    if logit_term is not None:
+        extra = logit_term(s, loss)
+        if extra is not None:
+            loss = loss + extra[0]
+            g = g + extra[1]
     grads = {}
     if user in names:
         grads[user] = torch.bmm(g.unsqueeze(1), x).squeeze(1)                    # (G2) (A, d)
@@ -76,8 +85,6 @@ def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.T
             grads[name] = row_grad
     if backbone == "fedrap":
         _fedrap_gradients(view, names, valid, t, config, grads)
-        if loss is not None:
-            loss = loss + backbones.regulariser(backbone, view, valid, t, config)
     return loss, [grads.get(name) for name in names]
 
 

@@ -32,6 +32,7 @@ class ChunkSession:
     copies (FedMR's feature mappings); the engine asks the session to step and upload them."""
 
     held: tuple = ()
+    has_extra_loss = False      # True when ``extra_loss`` may return a term (GFMFR)
 
     def __init__(self, state, plan, config, t: int, downloads=None):
         self.backbone = state.backbone
@@ -51,8 +52,10 @@ class ChunkSession:
         them). The ID method scores with the backbone's ID rows."""
         return backbones.id_rows(self.backbone, leaves), {}
 
-    def extra_loss(self, logits: torch.Tensor, act, batch) -> torch.Tensor | None:
-        """A per-client loss term (A,) added to the backbone's (GFMFR's distillation), or None."""
+    def extra_loss(self, logits: torch.Tensor, rec_loss: torch.Tensor, act, batch, phase_index: int):
+        """A per-client loss term on the batch's logits (GFMFR's distillation), or None:
+        ``(loss (A,), d loss / d logits (A, B))`` given the backbone's loss ``rec_loss`` (A,)
+        (detached); the written-out gradients use the second, autograd the first."""
         return None
 
     def step(self, name: str, act, slots: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
@@ -79,7 +82,9 @@ class ClientSession:
         items then ``history``; ``m`` the client's full copies."""
         return {b: r[:n_batch] for b, r in ids.items()}
 
-    def extra_loss(self, logits: torch.Tensor, items: torch.Tensor, labels: torch.Tensor):
+    def extra_loss(self, logits: torch.Tensor, rec_loss: torch.Tensor, items: torch.Tensor,
+                   phase_index: int):
+        """A loss term (scalar) on the batch's logits (b,) given the backbone's loss, or None."""
         return None
 
     def finish(self, state, user: int) -> None:
@@ -109,9 +114,9 @@ class IdMethod:
         """What the server sends ``clients`` (a chunk about to train) beyond the global model."""
         return None
 
-    def server_step(self, server, uploads: list, config, t: int) -> dict:
-        """After aggregation; reads the server state and the round's uploads only. Returns the
-        round's diagnostics (recorded in the history)."""
+    def server_step(self, server, uploads: list, start: dict, config, t: int) -> dict:
+        """After aggregation; reads the server state, the round's uploads (``keeps_uploads``) and
+        ``start``, the global model the clients received, only. Returns the round's diagnostics."""
         return {}
 
     def eval_items(self, state, users: torch.Tensor, id_tables: dict) -> dict:
@@ -138,8 +143,9 @@ class IdMethod:
 def method_class(name: str):
     """The class implementing method ``name``."""
     from .fedmr import FedMR
+    from .gfmfr import GFMFR
 
-    classes = {"id": IdMethod, "fedmr": FedMR}
+    classes = {"id": IdMethod, "fedmr": FedMR, "gfmfr": GFMFR}
     if name not in classes:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(classes)}")
     return classes[name]

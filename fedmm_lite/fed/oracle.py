@@ -45,7 +45,7 @@ def _logit(backbone: str, m: dict, items: dict) -> torch.Tensor:
     return torch.cat([gmf, x], 1) @ m["h"] + m["h0"]
 
 
-def _loss(state, session, m: dict, items, labels, t: int, config) -> torch.Tensor:
+def _loss(state, session, m: dict, items, labels, t: int, config, phase_index: int) -> torch.Tensor:
     """Mean BCE over the batch, plus FedRAP's (bounded) regulariser over the batch rows, plus the
     method's extra loss."""
     rows = torch.cat([items, session.history])                                  # (b + P,)
@@ -56,7 +56,7 @@ def _loss(state, session, m: dict, items, labels, t: int, config) -> torch.Tenso
         lam, mu = backbones.fedrap_weights(t, config)
         gap = torch.clamp((m["D"][items] - m["C"][items]) ** 2, max=config.fedrap_bound)
         loss = loss - lam * gap.mean() + mu * m["C"][items].abs().mean()
-    extra = session.extra_loss(logits, items, labels)
+    extra = session.extra_loss(logits, loss.detach(), items, phase_index)
     return loss if extra is None else loss + extra
 
 
@@ -85,7 +85,7 @@ def _train_client(state, plan, c: int, config, t: int, downloads=None):
             items = plan.items[c, idx]
             labels = plan.labels[c, idx].to(state.dtype)
             for k, phase in enumerate(phases):
-                loss = _loss(state, session, m, items, labels, t, config)
+                loss = _loss(state, session, m, items, labels, t, config, k)
                 grads = torch.autograd.grad(loss, [m[name] for name in phase], allow_unused=True)
                 with torch.no_grad():
                     for name, g in zip(phase, grads):
@@ -105,7 +105,7 @@ def train_chunk(state, plan, config, t: int, downloads=None):
     spec = state.spec
     plan = plan.to(state.device)
     C = plan.n_clients
-    batch = UploadBatch.for_rule(spec.rule, plan.sizes)
+    batch = UploadBatch.for_rule(spec.rule, plan.sizes, plan.clients)
     updates = {name: [] for name in state.global_}
     reports = {name: [] for name in spec.reported}
     losses = []

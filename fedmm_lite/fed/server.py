@@ -39,9 +39,12 @@ class UploadBatch:
     client each row came from; it is (C, ...) for a small module (no rows entry). ``reports[name]``
     (C, ...) are private tensors the method has clients upload, never averaged. ``sizes`` (C,) are
     the training-set sizes n_u, uploaded only under the data-size rule (None otherwise).
+    ``clients`` (C,) says who sent each upload: the server addressed them, so it knows (GFMFR keeps
+    a client's group by it); it never learns their data or private state.
     """
 
     n_clients: int
+    clients: torch.Tensor | None = None                    # (C,) who sent each upload
     sizes: torch.Tensor | None = None                      # (C,) n_u, data-size rule only
     values: dict = field(default_factory=dict)             # name -> (Q, d) or (C, ...)
     rows: dict = field(default_factory=dict)               # name -> (Q,) long, item of each row
@@ -49,9 +52,9 @@ class UploadBatch:
     reports: dict = field(default_factory=dict)            # name -> (C, ...), not averaged
 
     @classmethod
-    def for_rule(cls, rule: str, sizes: torch.Tensor) -> "UploadBatch":
-        """An empty batch of ``len(sizes)`` clients that carries the sizes only if ``rule`` needs them."""
-        return cls(int(sizes.shape[0]), sizes.clone() if rule == "data_size" else None)
+    def for_rule(cls, rule: str, sizes: torch.Tensor, clients: torch.Tensor) -> "UploadBatch":
+        """An empty batch of the ``clients`` that carries their sizes only if ``rule`` needs them."""
+        return cls(int(sizes.shape[0]), clients.clone(), sizes.clone() if rule == "data_size" else None)
 
 
 def raw_weights(rule: str, sizes: torch.Tensor | None, n_clients: int | None = None) -> torch.Tensor:
@@ -143,5 +146,6 @@ class ServerRound:
     def close(self) -> dict:
         """Apply the averaged update and the method's server step; returns its diagnostics."""
         _, _, server_lr = self.config.step_sizes()
-        self.server.global_ = apply_update(self.server.global_, self.aggregator.mean_update(), server_lr)
-        return self.method.server_step(self.server, self.kept or [], self.config, self.t)
+        start = self.server.global_                        # the model the clients received
+        self.server.global_ = apply_update(start, self.aggregator.mean_update(), server_lr)
+        return self.method.server_step(self.server, self.kept or [], start, self.config, self.t)
