@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="mix", choices=STRATEGIES)
     p.add_argument("--modalities", default="id,text,image", help="comma list of id, text, image")
     p.add_argument("--rounds", type=int, default=None, help="communication rounds (0 = evaluate untrained)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate valid and test every K rounds (and at the last; default 1)")
     p.add_argument("--local-epochs", type=int, default=None)
     p.add_argument("--sample-ratio", type=float, default=None, help="fraction of clients per round (beta)")
     p.add_argument("--groups", type=int, default=None, help="GFMFR: number of client groups g (default 3)")
