@@ -7,6 +7,9 @@ the reported round on test (book/methods.md, "Defects", item 5); no experiment s
 """
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
 from typing import Mapping
 
 import matplotlib.pyplot as plt
@@ -189,3 +192,23 @@ def timing_bars(seconds: Mapping[str, float], title: str = "", ax=None) -> plt.F
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+def json_results_table(paths: Mapping[str, str | Path], metric: str = "hr@50") -> pd.DataFrame:
+    """A table of saved runs (``python -m fedmm_lite run --json``, one file per label): test
+    ``metric`` at the validation-selected round with one binomial standard error over the test
+    users (sqrt(p (1 - p) / U)), NDCG@50, the round, the training seconds, and, for GFMFR on the
+    world, the last round's adjusted Rand index of the learned groups. Missing files are skipped."""
+    rows = {}
+    for label, path in paths.items():
+        path = Path(path)
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        p, users = r["test"][metric], r["dataset"]["users"]
+        ari = (r.get("planted") or {}).get("adjusted_rand_index") if isinstance(r.get("planted"), dict) else None
+        rows[label] = {f"test {metric}": p, "± se": math.sqrt(p * (1 - p) / max(users, 1)),
+                       "test ndcg@50": r["test"]["ndcg@50"], "round (valid)": r["best_round"],
+                       "train s": r.get("train_seconds"),
+                       "ARI (last round)": ari[-1] if ari else None}
+    return pd.DataFrame.from_dict(rows, orient="index")
