@@ -33,6 +33,8 @@ Interaction = tuple  # (user_id: str, item_id: str, timestamp: int)
 # The papers' dataset statistics (users, items, interactions), for the table printed after each
 # conversion. Sources: GFMFR, dataset statistics table (Amazon subsets after a 10-core filter);
 # FedMR, dataset statistics table (NineRec downstream sets, users with >= 5 interactions).
+# MovieLens-100K: the counts stated in GroupLens's README of ml-100k ("100,000 ratings (1-5) from
+# 943 users on 1682 movies").
 PAPER_STATS: dict[str, dict] = {
     # GFMFR (Amazon, 10-core)
     "Beauty": {"paper": "GFMFR", "users": 253, "items": 356, "interactions": 2_535},
@@ -45,6 +47,8 @@ PAPER_STATS: dict[str, dict] = {
     "Bili_Dance": {"paper": "FedMR", "users": 10_231, "items": 1_676, "interactions": 80_086},
     "Bili_Food": {"paper": "FedMR", "users": 5_990, "items": 1_125, "interactions": 36_482},
     "Bili_Movie": {"paper": "FedMR", "users": 15_908, "items": 2_528, "interactions": 111_091},
+    # GroupLens README (PFedRec and FedRAP use every rating of it)
+    "ml-100k": {"paper": "GroupLens", "users": 943, "items": 1_682, "interactions": 100_000},
 }
 
 # HTTP statuses that another attempt will not fix.
