@@ -186,3 +186,29 @@ def test_node_plan_and_node_noise_are_other_draws():
     q = noisy.details["global"]["Q"]
     assert float((q - reference.details["global"]["Q"]).abs().max()) > 1e-6    # the noise was added
     assert torch.equal(q, again.details["global"]["Q"])                       # from the nodes' seeded generators
+
+
+# ------------------------------------------------------------------------------------ the extra
+def test_the_flower_extra_is_pinned_once_everywhere():
+    import re
+    from pathlib import Path
+
+    from fedmm_lite.flower import FLWR_PIN
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = re.search(r'^flower = \["flwr\[simulation\]==([^"]+)"\]', (root / "pyproject.toml").read_text(), re.M)
+    makefile = re.search(r"^FLOWER := flwr\[simulation\]==(\S+)", (root / "Makefile").read_text(), re.M)
+    assert pyproject and makefile
+    assert pyproject.group(1) == makefile.group(1) == FLWR_PIN
+
+
+def test_without_flwr_the_command_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from fedmm_lite.errors import OptionError
+    from fedmm_lite.flower import require_flwr
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("flwr", "ray") else real(name, *a))
+    with pytest.raises(OptionError, match=r"flwr and ray not installed; pip install 'fedmm_lite\[flower\]'"):
+        require_flwr(simulation=True)

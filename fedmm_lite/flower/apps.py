@@ -10,7 +10,7 @@ Messages (every tensor an ``Array`` of an ``ArrayRecord``, codec.py):
 | train | ``fedmm.run`` (the run spec, round t, K users), ``fedmm.global`` (the global model), ``fedmm.client.k`` (user k's id, its part of the plan, its downloads) | ``fedmm.upload.k`` (user k's ``UploadBatch``), ``fedmm.loss`` (ids, mean losses) |
 | evaluate | ``fedmm.run``, ``fedmm.global`` | ``fedmm.ranks`` (valid and test rank of each user it hosts) |
 
-A node's private state lives in its ``Context.state["fedmm.node"]`` between messages, in
+A node's private state lives in its ``Context.state["fedmm.node.<run>"]`` between messages, in
 simulation (Flower keeps each virtual node's context) and in deployment (the SuperNode keeps it):
 it is read at the start of a message and written back at its end, never put in a reply.
 
@@ -19,6 +19,7 @@ pyproject.toml); ``server_app_for`` builds a ServerApp for one run in this proce
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -32,7 +33,11 @@ from .codec import (from_record, plan_to_tensors, record_bytes, tensors_to_plan,
                     to_record, upload_to_tensors)
 from .node import RunSpec, node_for
 
-STATE_KEY = "fedmm.node"
+STATE_KEY = "fedmm.node"     # + the run spec's hash: one Context may serve several runs (simulate_many)
+
+
+def _state_key(spec_json: str) -> str:
+    return f"{STATE_KEY}.{hashlib.sha256(spec_json.encode()).hexdigest()[:16]}"
 
 # ======================================================================================== client
 client_app = ClientApp()
@@ -43,10 +48,10 @@ def _node(message: Message, context: Context):
     run = message.content["fedmm.run"]
     node = node_for(str(run["spec"]), int(context.node_config["partition-id"]),
                     int(context.node_config["num-partitions"]))
-    if STATE_KEY in context.state:
-        node.import_state(from_record(context.state[STATE_KEY]))
-    else:
-        node.import_state(node.initial)
+    key = _state_key(str(run["spec"]))
+    for other in [k for k in context.state.keys() if k.startswith(STATE_KEY) and k != key]:
+        del context.state[other]                  # an earlier run's state on this node
+    node.import_state(from_record(context.state[key]) if key in context.state else node.initial)
     return node, run
 
 
@@ -74,7 +79,7 @@ def train(message: Message, context: Context) -> Message:
     if not parts:                                  # plan "node": this node plans for its users
         parts = node.draw_parts(torch.tensor(users))
     batches, losses = node.train(global_, parts, downloads, int(run["round"]))
-    context.state[STATE_KEY] = to_record(node.export_state())
+    context.state[_state_key(str(run["spec"]))] = to_record(node.export_state())
     content = RecordDict({f"fedmm.upload.{k}": to_record(upload_to_tensors(b)) for k, b in enumerate(batches)})
     content["fedmm.loss"] = to_record({"users": torch.tensor(users), "losses": losses})
     return Message(content, reply_to=message)

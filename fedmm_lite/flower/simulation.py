@@ -7,7 +7,9 @@ measured; ``flower_json`` is the command's JSON (``run``'s keys and a ``flower``
 """
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 import numpy as np
 
@@ -15,15 +17,17 @@ from . import require_flwr
 from .node import PLANS, RunSpec
 
 
-def simulate(spec: RunSpec, progress: bool = False, cpus: int | None = None):
+def simulate(spec: RunSpec, progress: bool = False, cpus: int | None = None, quiet: bool = True):
     """One run in Flower's simulation engine: (RunResult, message sizes, resolved spec, dataset)."""
-    return simulate_many([spec], progress, cpus)[0]
+    return simulate_many([spec], progress, cpus, quiet)[0]
 
 
-def simulate_many(specs: list, progress: bool = False, cpus: int | None = None) -> list:
+def simulate_many(specs: list, progress: bool = False, cpus: int | None = None, quiet: bool = True) -> list:
     """Several runs, one after the other, in ONE start of Flower's simulation engine (the runs
     must agree on the number of nodes). Each virtual node's ClientApp gets one CPU; ``cpus`` (the
-    CPUs Ray may use; default all, at most one per node) of them train at the same time."""
+    CPUs Ray may use; default all, at most one per node) of them train at the same time.
+    ``quiet``: Flower's log at ERROR level only and the nodes' output not copied here (a run's
+    error still surfaces, as an exception)."""
     require_flwr(simulation=True)
     from flwr.simulation import run_simulation
 
@@ -35,9 +39,20 @@ def simulate_many(specs: list, progress: bool = False, cpus: int | None = None) 
     n = nodes.pop()
     cpus = cpus or max(1, min(os.cpu_count() or 1, n))
     out: list = []
-    run_simulation(server_app_for(list(specs), out, progress), client_app, num_supernodes=n,
-                   backend_config={"init_args": {"num_cpus": cpus, "include_dashboard": False},
-                                   "client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    init_args = {"num_cpus": cpus, "include_dashboard": False}
+    if quiet:
+        logger.setLevel(logging.ERROR)
+        init_args["log_to_driver"] = False
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+            run_simulation(server_app_for(list(specs), out, progress), client_app, num_supernodes=n,
+                           backend_config={"init_args": init_args,
+                                           "client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    finally:
+        logger.setLevel(level)
     if len(out) != len(specs):
         raise RuntimeError("flower-sim: the simulation ended without a result (its log above says why)")
     return out
