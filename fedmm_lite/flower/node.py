@@ -256,5 +256,7 @@ def node_for(spec_json: str, partition: int, partitions: int) -> Node:
     restored from the node's Context at every message, so any process may serve any node)."""
     key = (spec_json, partition, partitions)
     if key not in _NODES:
+        for other in [k for k in _NODES if k[0] != spec_json]:
+            del _NODES[other]                           # an earlier run's nodes
         _NODES[key] = Node(RunSpec.from_json(spec_json), partition, partitions)
     return _NODES[key]

@@ -4,6 +4,11 @@ N virtual SuperNodes in this machine's processes.
 ``simulate(spec)`` runs one configuration and returns what ``rounds.run_federated`` returns (a
 ``RunResult``: history, best round on validation, test there) plus the message sizes the transport
 measured; ``flower_json`` is the command's JSON (``run``'s keys and a ``flower`` block).
+
+It calls ``flwr.simulation.run_simulation``, which flwr 1.42 marks deprecated in favour of
+``flwr run`` against a SuperLink started with ``--simulation``; it is kept because it runs the
+ServerApp in this process (the result comes back as objects, not through a file), and the extra
+pins flwr to the version tested here.
 """
 from __future__ import annotations
 
