@@ -6,6 +6,7 @@ Also: the command line's ``flower-sim`` (one line on bad input, before Ray start
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -41,8 +42,7 @@ def test_flower_simulation_equals_the_batched_engine(simulated, case):
     assert (result.best_round, result.valid, result.test) == (batched.best_round, batched.valid, batched.test)
     for name, value in result.details["global"].items():
         assert float((value - batched.state.global_[name]).abs().max()) < 1e-10, name
-    untouched = run_federated(dataset, spec.config.__class__(**{**spec.config.__dict__, "rounds": 0}),
-                              progress=False)
+    untouched = run_federated(dataset, dataclasses.replace(spec.config, rounds=0), progress=False)
     name = next(iter(batched.state.global_))
     assert float((result.details["global"][name] - untouched.state.global_[name]).abs().max()) > 1e-4
     # message sizes: each client's upload payload is the efficiency accounting's upload
