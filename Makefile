@@ -10,6 +10,8 @@ TEST_ENV := FEDMM_QUICK=1 TQDM_DISABLE=1 FEDMM_DATA_DIR=$(CURDIR)/_build/test-da
 # Two workers on two cores: one thread each.
 XDIST := -n 2
 THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# The flower extra (pyproject.toml), installed for the tests and chapter 10; the same pin.
+FLOWER := flwr[simulation]==1.42.0
 
 .PHONY: venv book test unit notebooks book-strict bench clean
 
@@ -18,6 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q "$(FLOWER)"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -94,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", dest="json_path", default=None)
 
+    p = sub.add_parser("flower-sim", help="the same run as a Flower app in Flower's simulation engine "
+                                          "(needs the flower extra)")
+    _add_data_option(p)
+    p.add_argument("--backbone", default="fedavg", choices=BACKBONES[:-1])
+    p.add_argument("--method", default="id", choices=METHODS)
+    p.add_argument("--rounds", type=int, default=None, help="communication rounds")
+    p.add_argument("--clients", type=int, default=4, help="virtual SuperNodes; each hosts a block of the users")
+    p.add_argument("--plan", default="server", choices=("server", "node"),
+                   help="who draws negatives and shuffles: the server (equals the batched engine) or each node")
+    p.add_argument("--local-epochs", type=int, default=None)
+    p.add_argument("--sample-ratio", type=float, default=None, help="fraction of clients per round (beta)")
+    p.add_argument("--noise", default="none", help="none | gaussian:STD | laplace:SCALE (drawn on each node)")
+    p.add_argument("--encoder", default=None, help="item encoder tag for multimodal methods")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (every node's ClientApp)")
+    p.add_argument("--json", dest="json_path", default=None, help="write the result object to this file")
+
     p = sub.add_parser("encode", help="encode item images and titles into the feature cache")
     _add_data_option(p)
     p.add_argument("--encoder", default=None, help="clip | clip-random | minilm | ... (default: best offline)")
@@ -107,6 +123,9 @@ def _handler(command: str):
     if command == "encode":
         from .encoders import cmd_encode
         return cmd_encode
+    if command == "flower-sim":
+        from .flower.simulation import cmd_flower_sim
+        return cmd_flower_sim
     from . import commands
     return {"info": commands.cmd_info, "run": commands.cmd_run, "bench": commands.cmd_bench}[command]
 
