@@ -227,3 +227,15 @@ def test_negatives_are_fresh_each_round_under_gfmfr(monkeypatch):
 @pytest.mark.parametrize("backbone", ["pfedrec", "fedncf"])
 def test_the_server_groups_and_teaches_from_uploads_only(backbone):
     assert boundary_holds(gf_config(backbone), mm_dataset(), noise="laplace:0.001")
+
+
+def test_wide_prediction_functions_are_reduced_before_clustering():
+    """FedNCF's P_u (a tower) has thousands of coordinates; PCA keeps the group structure."""
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(3), 30)
+    X = rng.normal(size=(3, 2000))[truth] * 3 + rng.normal(size=(90, 2000))
+    reduced = grouping.reduce(grouping.standardise_columns(X), width=16, seed=0)
+    assert reduced.shape == (90, 16)
+    assert grouping.reduce(X[:, :20]).shape == (90, 20)                      # narrow: unchanged
+    labels = grouping.cluster(reduced, 3, "kmeans", seed=0)
+    assert adjusted_rand_score(truth, labels) == pytest.approx(1.0)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from ..errors import OptionError
 from . import backbones, fusion
 from .backbones import DTYPES, USER_VECTOR, linear_init
-from .grouping import align_labels, cluster, standardise_columns
+from .grouping import align_labels, cluster, reduce, standardise_columns
 from .method import ChunkSession, ClientSession, IdMethod
 
 # an item table's branch in backbones.score: Q_l stands in for it in the teacher
@@ -307,7 +307,7 @@ class GFMFR(IdMethod):
         if config.gfmfr_ablation == "random-group":
             labels = np.random.default_rng(seed).integers(self.g, size=P.shape[0])
         else:
-            labels = cluster(standardise_columns(P), self.g, config.grouping, seed)
+            labels = cluster(reduce(standardise_columns(P), seed=seed), self.g, config.grouping, seed)
         return align_labels(previous, labels, self.g)
 
     def _targets(self, uploads, start, clients, members) -> torch.Tensor:
@@ -332,21 +332,30 @@ class GFMFR(IdMethod):
     def aggregate(self, s: dict, groups: torch.Tensor) -> torch.Tensor:
         """S_phi(E_G[l], F) for the groups ``groups`` (G,): their item tables (G, n, d T).
 
-        One projection per input (x W_m^T + b_m to d), concatenated, then a two-layer MLP:
+        One projection per input (x P_m^T + b_m to d), concatenated, then a two-layer MLP:
         S_phi = W_2 relu(W_1 [P_G E_G[l]; P_v F_v[i]; P_t F_t[i]] + b_1) + b_2. With one module
-        per group (MultipleAgg) the group vector is not an input."""
-        n = self.n_items
-        m = groups if self.modules > 1 else torch.zeros_like(groups)               # module of each group
-        parts = []
-        if self.modules == 1:
-            e = s["E_G"][groups] @ s["S_proj_group"][0].T + s["S_bias_group"][0]   # (G, d)
-            parts.append(e.unsqueeze(1).expand(-1, n, -1))                          # (G, n, d)
+        per group (MultipleAgg) the group vector is not an input. The first layer is applied input
+        by input, W_1 [x_G; x_v; x_t] = sum_k W_1[:, block k] x_k, so that with one shared module
+        the item features go through it once, not once per group."""
+        d = self.dim
+        shared = self.modules == 1
+        m = torch.zeros_like(groups) if shared else groups                         # module of each group
+        W1 = s["S_W1"][m]                                                           # (G, d, |in| d)
+        blocks = iter(range(0, W1.shape[-1], d))
+        first = s["S_b1"][m].unsqueeze(1)                                           # (G, 1, d)
+        if shared:
+            e = s["E_G"][groups] @ s["S_proj_group"][0].T + s["S_bias_group"][0]   # (G, d) P_G E_G[l]
+            k = next(blocks)
+            first = first + torch.einsum("Gj,Gij->Gi", e, W1[..., k:k + d]).unsqueeze(1)
         for mod in self.modalities:
-            Fm = self.features[mod]                                                 # (n, D_m)
-            proj = torch.einsum("nD,GdD->Gnd", Fm, s[f"S_proj_{mod}"][m]) + s[f"S_bias_{mod}"][m].unsqueeze(1)
-            parts.append(proj)                                                      # (G, n, d)
-        x = torch.cat(parts, -1)                                                    # (G, n, |in| d)
-        hidden = torch.relu(torch.einsum("Gni,Goi->Gno", x, s["S_W1"][m]) + s["S_b1"][m].unsqueeze(1))
+            Fm, k = self.features[mod], next(blocks)                                # (n, D_m)
+            if shared:
+                x = Fm @ s[f"S_proj_{mod}"][0].T + s[f"S_bias_{mod}"][0]             # (n, d), once
+                first = first + (x @ W1[0, :, k:k + d].T).unsqueeze(0)              # (1, n, d)
+            else:
+                x = torch.einsum("nD,GdD->Gnd", Fm, s[f"S_proj_{mod}"][m]) + s[f"S_bias_{mod}"][m].unsqueeze(1)
+                first = first + torch.einsum("Gnj,Gij->Gni", x, W1[..., k:k + d])
+        hidden = torch.relu(first)                                                  # (G, n, d)
         return torch.einsum("Gni,Goi->Gno", hidden, s["S_W2"][m]) + s["S_b2"][m].unsqueeze(1)
 
     def _train_aggregator(self, only, targets, present, config) -> float:
