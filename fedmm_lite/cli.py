@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gfmfr-ablation", default=None,
                    choices=("none", "random-group", "single-group", "multiple-agg"),
                    help="GFMFR: an ablation of the paper (default none)")
+    p.add_argument("--ratio-cap", type=float, default=None,
+                   help="GFMFR: cap on the loss ratio L_rec / L_dis, so lambda_t <= cap (default 0.1)")
     p.add_argument("--noise", default="none", help="none | gaussian:STD | laplace:SCALE")
     p.add_argument("--encoder", default=None, help="item encoder tag for multimodal methods")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -30,11 +30,13 @@ MODALITIES = ("id", "text", "image")
 # Defaults of the method-specific options as cli.py declares them; another value needs a method
 # that uses the option (_OPTION_METHODS).
 _MULTIMODAL_DEFAULTS = {"strategy": "mix", "modalities": "id,text,image", "groups": None, "encoder": None,
-                        "grouping": None, "lambda_schedule": None, "gfmfr_ablation": None}
+                        "grouping": None, "lambda_schedule": None, "gfmfr_ablation": None,
+                        "ratio_cap": None}
 _OPTION_METHODS = {"strategy": ("fedmr",), "modalities": ("fedmr",), "groups": ("gfmfr",),
                    "grouping": ("gfmfr",), "lambda_schedule": ("gfmfr",), "gfmfr_ablation": ("gfmfr",),
+                   "ratio_cap": ("gfmfr",),
                    "encoder": ("fedmr", "gfmfr")}
-_GFMFR_OPTIONS = ("groups", "grouping", "lambda_schedule", "gfmfr_ablation")
+_GFMFR_OPTIONS = ("groups", "grouping", "lambda_schedule", "gfmfr_ablation", "ratio_cap")
 
 
 # ---------------------------------------------------------------------------------------------

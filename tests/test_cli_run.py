@@ -128,6 +128,8 @@ BAD_OPTIONS = [
     (["--grouping", "spectral"], "--grouping"),
     (["--lambda-schedule", "cosine"], "--lambda-schedule"),
     (["--method", "gfmfr", "--groups", "0"], "--groups"),
+    (["--method", "gfmfr", "--ratio-cap", "0"], "--ratio-cap"),
+    (["--ratio-cap", "0.5"], "--ratio-cap"),
     (["--method", "gfmfr", "--strategy", "sum"], "--strategy"),
     (["--json", "/nonexistent-folder-fedmm/x.json"], "--json"),
 ]

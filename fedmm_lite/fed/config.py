@@ -191,7 +191,7 @@ def validate(config: FedConfig) -> FedConfig:
             (c.server_epochs >= 0, f"server_epochs {c.server_epochs}: must be >= 0"),
             (c.aggregation_lr > 0, f"aggregation_lr {c.aggregation_lr}: must be > 0"),
             (0.0 <= c.smooth_decay < 1.0, f"smooth_decay {c.smooth_decay}: must be in [0, 1)"),
-            (c.ratio_cap > 0, f"ratio_cap {c.ratio_cap}: must be > 0"),
+            (c.ratio_cap > 0, f"--ratio-cap {c.ratio_cap}: must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
