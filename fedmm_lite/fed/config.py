@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..config import quick_mode
 from ..errors import OptionError
-from .privacy import parse_noise
+from .privacy import dp_spec, parse_noise
 
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap", "popularity")
 ENGINES = ("batched", "oracle")
@@ -113,6 +113,12 @@ class FedConfig:
     aggregation_lr: float = 0.01  # Adam step of S_phi and the group embeddings E_G (server side)
     smooth_decay: float = 0.9     # SmoothCoef: m_u <- decay m_u + (1 - decay) L_rec / L_dis, per client
     ratio_cap: float = 1.0        # L_rec / L_dis capped here (inf = as written; with SGD it diverges)
+    # Clipped Gaussian DP of the uploads (privacy.py, accounting.py; chapter "Privacy, honestly")
+    dp: str = "none"              # none | local (each client noises) | central (DP-FedAvg: the server noises)
+    clip: float | None = None     # S, L2 bound of a client's whole upload (required with dp)
+    noise_multiplier: float | None = None  # z, noise std z * S (required with dp)
+    delta: float | None = None    # the delta of (epsilon, delta); None = 1e-5 under dp
+    target_epsilon: float | None = None    # stop before a round would take epsilon past this
 
     def fusion_step(self) -> float:
         """Step of FedMR's global fusion modules: ``fusion_lr``, or ``FUSION_LR``."""
@@ -194,6 +200,7 @@ def validate(config: FedConfig) -> FedConfig:
             if not ok:
                 raise OptionError(message)
     parse_noise(c.noise)
+    dp_spec(c)
     return config
 
 
