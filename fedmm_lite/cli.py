@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", default="none",
                    help="the papers' unclipped upload noise: none | gaussian:STD | laplace:SCALE (no guarantee)")
     # clipped Gaussian DP with an accountant (fed/privacy.py, fed/accounting.py)
-    p.add_argument("--dp", default=None, choices=("local", "central"),
+    p.add_argument("--dp", default=None,
                    help="differential privacy: local (each client noises) or central (DP-FedAvg)")
     p.add_argument("--clip", type=float, default=None, help="--dp: L2 bound S of a client's whole upload")
     p.add_argument("--noise-multiplier", type=float, default=None, help="--dp: z, noise std z * S")
