@@ -74,6 +74,7 @@ def round_event(mode: str, noise_multiplier: float, sample_ratio: float):
 def epsilon(mode: str, noise_multiplier: float, sample_ratio: float, rounds: int, delta: float) -> float:
     """epsilon at ``delta`` after ``rounds`` rounds (central: rounds run; local: rounds the user
     took part in). 0 rounds spend nothing."""
+    rounds = int(rounds)                 # the library wants a Python int (not numpy's)
     if rounds <= 0:
         return 0.0
     dpa = _library()
@@ -125,6 +126,7 @@ def papers_epsilon(kind: str, scale: float, norm: float, rounds: int, delta: flo
     clipped at ``norm`` (its L1 norm for Laplace, L2 for Gaussian): two uploads then differ by at
     most 2 norm. Laplace: ``LaplaceDpEvent(b / (2 norm))`` (pure epsilon per round, composed);
     Gaussian: ``GaussianDpEvent(std / (2 norm))``. Without clipping the answer is infinite."""
+    rounds = int(rounds)
     if not math.isfinite(norm) or rounds <= 0:
         return math.inf if rounds > 0 else 0.0
     dpa = _library()
