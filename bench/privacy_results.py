@@ -163,11 +163,22 @@ def _row(r: dict) -> str:
     else:
         eps_text = "none (no noise)"
     a = r["attack"]
-    probe = f" | {a['probe']['accuracy']:.3f}" if "probe" in a else ""
+    probe = (f" | {a['probe']['accuracy']:.3f} (majority {a['probe']['majority_rate']:.3f})"
+             if "probe" in a else " | -")
     setting = (f"{p['dp']} z={p['noise_multiplier']:g}, S={p['clip']:.3g}" if p.get("dp")
                else p.get("noise", "clean"))
     return (f"| {r['model']} | {setting} | {eps_text} | {r['test']['hr@50']:.4f} | {r['best_round']} | "
             f"{a['precision']:.3f} | {a['recall']:.3f} | {a['auc']:.3f}{probe} |")
+
+
+def _order(r: dict) -> tuple:
+    """Model, then clean, Gaussian, Laplace by scale, central and local by multiplier."""
+    c = r["config"]
+    kind, _, value = (c.get("noise") or "none").partition(":")
+    if c.get("dp", "none") != "none":
+        kind, value = c["dp"], c["noise_multiplier"]
+    rank = ("none", "gaussian", "laplace", "central", "local").index(kind)
+    return list(MODELS).index(r["model"]), rank, float(value or 0)
 
 
 def tables(args) -> str:
@@ -175,10 +186,9 @@ def tables(args) -> str:
     results = [json.loads(p.read_text()) for p in sorted(folder.glob(f"*-r{args.rounds}.json"))]
     lines = [f"### {args.data}, {args.rounds} rounds, seed {args.seed}: test HR@50 at the validation-selected "
              f"round; attack on round 2 ({ATTACK_CLIENTS} clients); delta {args.delta:g}", "",
-             "| model | setting | epsilon | test HR@50 | round | attack precision | recall | AUC |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    order = {m: k for k, m in enumerate(MODELS)}
-    for r in sorted(results, key=lambda r: (order[r["model"]], r["label"])):
+             "| model | setting | epsilon | test HR@50 | round | attack precision | recall | AUC | P_u probe |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(results, key=_order):
         lines.append(_row(r))
     norms = [(r["label"], r["privacy"]["upload_norms_per_round"]) for r in results
              if (r.get("privacy") or {}).get("noise")]
