@@ -122,6 +122,19 @@ def run_one(dataset, model: str, label: str, overrides: dict, args, clip: float 
     return out
 
 
+def diverged(dataset, model, label, overrides, args, clip, err) -> dict:
+    """The record of a run that diverged: its configuration and the round's message."""
+    from fedmm_lite.fed.config import default_config
+
+    backbone, method = MODELS[model]
+    extra = dict(overrides, **({"clip": clip, "delta": args.delta} if "dp" in overrides else {}))
+    if args.item_lr is not None:
+        extra["item_lr"] = args.item_lr
+    config = default_config(backbone, method=method, rounds=args.rounds, eval_every=args.eval_every,
+                            seed=args.seed, device="cpu", **extra)
+    return {"label": label, "model": model, "config": dataclasses.asdict(config), "diverged": str(err)}
+
+
 def run_all(args) -> None:
     from fedmm_lite.data import load_dataset
     from fedmm_lite.encoders import encode_dataset
@@ -140,8 +153,14 @@ def run_all(args) -> None:
                 result = json.loads(path.read_text())
             else:
                 print(f"[privacy_results] {label} ...", file=sys.stderr, flush=True)
-                result = run_one(dataset, model, label, overrides, args, clip)
+                try:
+                    result = run_one(dataset, model, label, overrides, args, clip)
+                except FloatingPointError as err:          # a diverged run is a result too
+                    result = diverged(dataset, model, label, overrides, args, clip, err)
                 path.write_text(json.dumps(_clean(result), indent=1) + "\n")
+                if "diverged" in result:
+                    print(f"[privacy_results] {label}: {result['diverged']}", file=sys.stderr, flush=True)
+                    continue
                 print(f"[privacy_results] {label}: test HR@50 {result['test']['hr@50']:.4f}, "
                       f"attack recall {result['attack']['recall']:.3f}, {result['seconds']:.0f} s",
                       file=sys.stderr, flush=True)
@@ -155,6 +174,11 @@ def _clean(obj):
 
 
 def _row(r: dict) -> str:
+    if "diverged" in r:
+        c = r["config"]
+        setting = (f"{c['dp']} z={c['noise_multiplier']:g}, S={c['clip']:.3g}" if c.get("dp", "none") != "none"
+                   else c["noise"])
+        return f"| {r['model']} | {setting} | - | diverged: {r['diverged'].split(';')[0]} | | | | | |"
     p = r.get("privacy") or {}
     eps = p.get("epsilon")
     if p.get("dp"):

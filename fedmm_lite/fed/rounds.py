@@ -198,8 +198,9 @@ class FederatedRun:
                     f"to: lower the noise scale, or clip the uploads and noise them to scale instead "
                     f"(--dp local|central --clip S --noise-multiplier z; chapter 'Privacy, honestly')")
         elif self.dp.active:
-            hint = (f"under --dp {self.dp.mode} (noise std {self.dp.std:g} per scalar): lower --clip or "
-                    f"--noise-multiplier, or the step sizes")
+            where = "of the sum" if self.dp.mode == "central" else "of each upload"
+            hint = (f"under --dp {self.dp.mode} (noise std {self.dp.std:g} per scalar {where}): lower "
+                    f"--clip or --noise-multiplier, or the step sizes")
         else:
             hint = "lower --lr (or the item step, item_lr)"
         return FloatingPointError(f"round {t}: the model diverged ({what}) for {config.backbone} "
