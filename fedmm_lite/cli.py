@@ -77,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GFMFR: an ablation of the paper (default none)")
     p.add_argument("--ratio-cap", type=float, default=None,
                    help="GFMFR: cap on the loss ratio L_rec / L_dis, so lambda_t <= cap (default 0.1)")
-    p.add_argument("--noise", default="none", help="none | gaussian:STD | laplace:SCALE")
+    p.add_argument("--noise", default="none",
+                   help="the papers' unclipped upload noise: none | gaussian:STD | laplace:SCALE (no guarantee)")
+    # clipped Gaussian DP with an accountant (fed/privacy.py, fed/accounting.py)
+    p.add_argument("--dp", default=None,
+                   help="differential privacy: local (each client noises) or central (DP-FedAvg)")
+    p.add_argument("--clip", type=float, default=None, help="--dp: L2 bound S of a client's whole upload")
+    p.add_argument("--noise-multiplier", type=float, default=None, help="--dp: z, noise std z * S")
+    p.add_argument("--delta", type=float, default=None, help="--dp: delta of (epsilon, delta) (default 1e-5)")
+    p.add_argument("--target-epsilon", type=float, default=None,
+                   help="--dp: stop before a round would take epsilon past this")
     p.add_argument("--encoder", default=None, help="item encoder tag for multimodal methods")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--lr", type=float, default=None, help="override the backbone's tuned learning rate")

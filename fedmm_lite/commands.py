@@ -37,6 +37,7 @@ _OPTION_METHODS = {"strategy": ("fedmr",), "modalities": ("fedmr",), "groups": (
                    "ratio_cap": ("gfmfr",),
                    "encoder": ("fedmr", "gfmfr")}
 _GFMFR_OPTIONS = ("groups", "grouping", "lambda_schedule", "gfmfr_ablation", "ratio_cap")
+_DP_OPTIONS = ("dp", "clip", "noise_multiplier", "delta", "target_epsilon")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +121,8 @@ def build_config(args, **extra):
     overrides.update(seed=args.seed, device=args.device, method=getattr(args, "method", "id"))
     if getattr(args, "noise", None) is not None:
         overrides["noise"] = args.noise
+    # differential privacy (fed/privacy.py): FedConfig.dp etc.; dp_spec refuses bad combinations
+    overrides.update({name: getattr(args, name) for name in _DP_OPTIONS if getattr(args, name, None) is not None})
     if overrides["method"] == "fedmr":
         overrides["strategy"] = getattr(args, "strategy", None) or "mix"
         modalities = getattr(args, "modalities", None) or "id,text,image"
@@ -238,9 +241,13 @@ def summary_line(out: dict, target) -> str:
     """One line for stdout when the JSON goes to a file."""
     c = out["config"]
     method = c["method"] if c["method"] != "id" else "ID"
+    privacy = out.get("privacy") or {}
+    spent = (f"; --dp {privacy['dp']}: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g}"
+             + (" (stopped at the target)" if privacy.get("stopped_at_target_epsilon") else "")
+             if privacy.get("dp") else "")
     return (f"{c['backbone']} ({method}) on {out['dataset']['name']}: best round {out['best_round']} "
             f"(valid HR@50 {out['valid']['hr@50']:.4f}), test HR@50 {out['test']['hr@50']:.4f} "
-            f"NDCG@50 {out['test']['ndcg@50']:.4f}; {out['seconds']:.1f} s; JSON in {target}")
+            f"NDCG@50 {out['test']['ndcg@50']:.4f}{spent}; {out['seconds']:.1f} s; JSON in {target}")
 
 
 def cmd_run(args) -> int:

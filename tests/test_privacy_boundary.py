@@ -6,7 +6,9 @@
   by garbage (or absent), gives exactly the global model of the untouched round; a deliberately
   leaking server step is caught by the same check;
 - no private tensor appears in an upload, neither by storage nor by value;
-- ``--noise`` parses strictly, reaches every row of every upload, and has the requested scale.
+- ``--noise`` parses strictly, reaches every row of every upload, and has the requested scale;
+- the same holds under clipped DP, local (clients clip and noise) and central (the server does),
+  and no training-set size travels under DP.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from fedmm_lite.errors import OptionError
 from fedmm_lite.fed import backbones, engine, oracle, parse_noise
 from fedmm_lite.fed.method import IdMethod
 from fedmm_lite.fed.plan import make_plan
-from fedmm_lite.fed.privacy import NoiseSpec, client_noise, privatise
+from fedmm_lite.fed.privacy import NoiseSpec, client_noise, dp_spec, privatise
 from fedmm_lite.fed.rounds import NOISE_SEED_OFFSET, run_round
 from fedmm_lite.fed.server import ServerRound, UploadBatch
 from fedmm_lite.fed.state import new_state
@@ -49,18 +51,23 @@ def round_plan(config, data):
 
 
 def client_side(state, plan, config, trainer=engine, noise="none"):
-    """The clients' half of round 2: uploads as the server receives them (privatised)."""
+    """The clients' half of round 2: uploads as the server receives them (privatised; under
+    ``config.dp`` local: clipped and noised)."""
     uploads, _ = trainer.train_chunk(state, plan, config, 2, state.method.downloads(state.server,
                                                                                    plan.clients))
     shapes = {k: tuple(v.shape) for k, v in state.global_.items()}
     return privatise(uploads, parse_noise(noise), torch.Generator().manual_seed(NOISE_SEED_OFFSET),
-                     shapes, state.spec.tables)
+                     shapes, state.spec.tables, dp_spec(config))
 
 
 def server_side(state, uploads, config) -> dict:
-    """The server's half of round 2, built from ``state.server`` and fed the uploads."""
-    server = ServerRound(state.server, state.method, state.spec.rule, config, 2,
-                         keep_uploads=state.method.keeps_uploads)
+    """The server's half of round 2, built from ``state.server`` and fed the uploads (under
+    ``config.dp`` central: it clips and noises, from a generator of its own)."""
+    dp = dp_spec(config)
+    server = ServerRound(state.server, state.method, "uniform" if dp.active else state.spec.rule, config, 2,
+                         keep_uploads=state.method.keeps_uploads, dp=dp,
+                         generator=torch.Generator().manual_seed(NOISE_SEED_OFFSET),
+                         expected_clients=config.sample_ratio * state.n_users, tables=state.spec.tables)
     server.receive(uploads)
     server.close()
     return state.global_
@@ -198,3 +205,12 @@ def test_laplace_noise_has_the_requested_scale():
     assert float(x.mean()) == pytest.approx(0.0, abs=0.005)
     assert float(x.abs().mean()) == pytest.approx(0.3, rel=0.02)
     assert float(x.var()) == pytest.approx(2 * 0.09, rel=0.03)
+
+
+@pytest.mark.parametrize("backbone", ["fedavg", "fedncf", "pfedrec"])
+@pytest.mark.parametrize("mode", ["local", "central"])
+def test_server_side_reads_only_uploads_under_dp(backbone, mode):
+    config = small_config(backbone, dp=mode, clip=0.05, noise_multiplier=0.5)
+    assert boundary_holds(config, tiny_dataset())
+    uploads = client_side(new_state(config, tiny_dataset()), round_plan(config, tiny_dataset()), config)
+    assert uploads.sizes is None                       # n_u stays on the client under DP

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..config import quick_mode
 from ..errors import OptionError
-from .privacy import parse_noise
+from .privacy import dp_spec, parse_noise
 
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap", "popularity")
 ENGINES = ("batched", "oracle")
@@ -116,6 +116,12 @@ class FedConfig:
     # VALIDATION HR@50 of world-full (PFedRec + GFMFR, 20 rounds, eval every 2, seed 0): cap 1:
     # diverged (round 11); 0.3: 0.417 (round 12, then collapsed); 0.1: 0.526 (round 20; ID 0.519)
     ratio_cap: float = 0.1
+    # Clipped Gaussian DP of the uploads (privacy.py, accounting.py; chapter "Privacy, honestly")
+    dp: str = "none"              # none | local (each client noises) | central (DP-FedAvg: the server noises)
+    clip: float | None = None     # S, L2 bound of a client's whole upload (required with dp)
+    noise_multiplier: float | None = None  # z, noise std z * S (required with dp)
+    delta: float | None = None    # the delta of (epsilon, delta); None = 1e-5 under dp
+    target_epsilon: float | None = None    # stop before a round would take epsilon past this
 
     def fusion_step(self) -> float:
         """Step of FedMR's global fusion modules: ``fusion_lr``, or ``FUSION_LR``."""
@@ -197,6 +203,7 @@ def validate(config: FedConfig) -> FedConfig:
             if not ok:
                 raise OptionError(message)
     parse_noise(c.noise)
+    dp_spec(c)
     return config
 
 

@@ -12,6 +12,12 @@ A round t = 1..T (book/methods.md, "Protocol"):
    (server.py), from its own state and the uploads only;
 5. every ``eval_every`` rounds (and at the last), valid and test are evaluated with full ranking.
 
+Under ``dp`` (privacy.py) participants are Poisson-sampled, uploads are clipped and noised (by each
+client, or by the server), the accountant (accounting.py) records epsilon after every round, and
+with ``target_epsilon`` the run stops before a round would pass it. Every round also measures the
+L2 and L1 norms of the clients' uploads before privatising (``upload_norms``: what a noise scale
+must be compared with; the server never sees them).
+
 ``FederatedRun(dataset, config)`` holds a run's state; iterating it yields one ``RoundRecord`` per
 round (round 0 evaluates the untrained model), so a caller can time, draw a progress bar or stop
 early without patching anything. ``run_federated`` consumes it and selects the round with the best
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 
 from ..config import progress_bar, resolve_device
+from ..errors import OptionError
 from ..data import NegativeSampler
 from ..metrics import NonFiniteScores, evaluate
 from . import engine, oracle
@@ -35,7 +42,8 @@ from .config import FedConfig, validate
 from .method import full_scores, make_method
 from .pitfalls import FixedLowestNegatives
 from .plan import chunks, make_plan, sample_participants
-from .privacy import parse_noise, privatise
+from .accounting import Accountant
+from .privacy import dp_spec, parse_noise, poisson_participants, privatise, upload_norms
 from .server import ServerRound
 from .state import count_parameters, init_state
 
@@ -57,15 +65,19 @@ class RoundRecord:
     valid: dict | None = None
     test: dict | None = None
     server: dict = field(default_factory=dict)   # the method's server-step diagnostics
+    epsilon: float | None = None                  # under dp: epsilon spent so far (accounting.py)
+    upload_norms: dict = field(default_factory=dict)  # L2 / L1 norms of the uploads, before privatising
 
 
 def plan_round(dataset, config: FedConfig, generator: torch.Generator, sampler, sizes: torch.Tensor,
-               mixes_sizes: bool = True):
+               mixes_sizes: bool = True, poisson: bool = False):
     """One round's participants (sorted by training-set size) and their chunk plans, drawn lazily.
 
     Chunks hold clients of similar size (``plan.chunks``); a method that pads every client's
-    history to the longest of its chunk (FedMR: ``mixes_sizes`` False) never mixes them freely."""
-    participants = sample_participants(dataset.n_users, config.sample_ratio, generator)
+    history to the longest of its chunk (FedMR: ``mixes_sizes`` False) never mixes them freely.
+    ``poisson`` (under dp): each client independently with probability beta, possibly none."""
+    draw = poisson_participants if poisson else sample_participants
+    participants = draw(dataset.n_users, config.sample_ratio, generator)
     participants = participants[torch.argsort(sizes[participants], stable=True)]
     mix_above = config.batch_size if mixes_sizes else float("inf")
     plans = (make_plan(dataset, chunk, sampler, config.neg_ratio, config.local_epochs,
@@ -99,21 +111,32 @@ def _deterministic(device: torch.device):
 
 
 def run_round(state, plans, config, t: int, trainer=engine, noise=None,
-              noise_generator: torch.Generator | None = None) -> tuple[float, dict]:
+              noise_generator: torch.Generator | None = None, dp=None, norms: list | None = None,
+              observe=None) -> tuple[float, dict]:
     """Steps 2-4 of round ``t`` for the chunks ``plans`` (module docstring): each chunk's clients
     receive what the server sends them (the global model, the method's downloads) and train
-    (``trainer``: engine or oracle); their uploads are privatised and reach the server, which
-    aggregates and runs the method's server step. Returns (mean client loss, the server step's
-    diagnostics)."""
+    (``trainer``: engine or oracle); their uploads are privatised (``noise``, or ``dp``: a
+    ``privacy.DpSpec``) and reach the server, which aggregates and runs the method's server step.
+    ``norms`` (a list) receives each chunk's (L2, L1) upload norms before privatising;
+    ``observe(uploads, plan)`` sees each chunk's uploads as the server receives them (the leakage
+    attack, leakage.py). Returns (mean client loss, the server step's diagnostics)."""
     method = state.method
-    server = ServerRound(state.server, method, state.spec.rule, config, t,
-                         keep_uploads=method.keeps_uploads)
     shapes = {name: tuple(v.shape) for name, v in state.global_.items()}
+    central = dp is not None and dp.mode == "central"
+    server = ServerRound(state.server, method, "uniform" if dp is not None and dp.active else state.spec.rule,
+                         config, t, keep_uploads=method.keeps_uploads, dp=dp, generator=noise_generator,
+                         expected_clients=config.sample_ratio * state.n_users if central else None,
+                         tables=state.spec.tables)
     losses = []
     for plan in plans:
         downloads = method.downloads(state.server, plan.clients)
         uploads, loss = trainer.train_chunk(state, plan, config, t, downloads)
-        server.receive(privatise(uploads, noise, noise_generator, shapes, state.spec.tables))
+        if norms is not None:
+            norms.append(upload_norms(uploads, state.spec.tables))
+        uploads = privatise(uploads, noise, noise_generator, shapes, state.spec.tables, dp)
+        if observe is not None:
+            observe(uploads, plan)
+        server.receive(uploads)
         losses.append(loss.cpu())
     diagnostics = server.close()
     return (float(torch.cat(losses).mean()) if losses else float("nan")), diagnostics
@@ -132,6 +155,14 @@ class FederatedRun:
         self.generator = torch.Generator().manual_seed(config.seed)                 # plan, init
         self.noise_generator = torch.Generator().manual_seed(config.seed + NOISE_SEED_OFFSET)
         self.noise = parse_noise(config.noise)
+        self.dp = dp_spec(config)
+        self.accountant = Accountant(self.dp, config.sample_ratio) if self.dp.active else None
+        self.stopped_early = False          # stopped by target_epsilon before config.rounds
+        if self.accountant is not None and not self.accountant.allows_another() and config.rounds > 0:
+            raise OptionError(f"--target-epsilon {self.dp.target_epsilon}: one round already spends "
+                              f"epsilon {self.accountant.epsilon_after(1):.3g} at --noise-multiplier "
+                              f"{self.dp.noise_multiplier}; raise the target or the noise multiplier")
+        self.participations = np.zeros(dataset.n_users, dtype=np.int64)   # rounds each user took part in
         self.state = None
         if config.backbone != "popularity":
             self.method = make_method(config, dataset)
@@ -164,29 +195,54 @@ class FederatedRun:
         config = self.config
         if self.noise.active:
             hint = (f"under --noise {config.noise}, which has no bound next to the updates it is added "
-                    f"to: lower the noise scale or clip the uploads before noising them (chapter "
-                    f"'Privacy, honestly')")
+                    f"to: lower the noise scale, or clip the uploads and noise them to scale instead "
+                    f"(--dp local|central --clip S --noise-multiplier z; chapter 'Privacy, honestly')")
+        elif self.dp.active:
+            where = "of the sum" if self.dp.mode == "central" else "of each upload"
+            hint = (f"under --dp {self.dp.mode} (noise std {self.dp.std:g} per scalar {where}): lower "
+                    f"--clip or --noise-multiplier, or the step sizes")
         else:
             hint = "lower --lr (or the item step, item_lr)"
         return FloatingPointError(f"round {t}: the model diverged ({what}) for {config.backbone} "
                                   f"({config.method}); {hint}")
 
-    def train_round(self, t: int) -> RoundRecord:
-        """Round ``t`` without evaluation (module docstring, steps 1-4)."""
+    def train_round(self, t: int, observe=None) -> RoundRecord:
+        """Round ``t`` without evaluation (module docstring, steps 1-4); ``observe`` as in
+        ``run_round``."""
         start = time.perf_counter()
         participants, plans = plan_round(self.dataset, self.config, self.generator, self.sampler,
-                                         self.sizes, self.state.method.mixes_sizes)
+                                         self.sizes, self.state.method.mixes_sizes,
+                                         poisson=self.dp.active)
+        norms = []
         loss, diagnostics = run_round(self.state, plans, self.config, t, self.trainer, self.noise,
-                                      self.noise_generator)
+                                      self.noise_generator, self.dp, norms, observe)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        if not np.isfinite(loss):
+        if participants.numel() and not np.isfinite(loss):
             raise self._diverged(t, f"the training loss is {loss}")
         bad = [name for name, value in self.state.global_.items() if not bool(torch.isfinite(value).all())]
         if bad:
             raise self._diverged(t, f"the global {', '.join(bad)} hold NaN or infinite values")
+        self.participations[participants.cpu().numpy()] += 1
+        epsilon = None
+        if self.accountant is not None:
+            epsilon = self.accountant.spend(int(self.participations.max()))
         return RoundRecord(t, loss, time.perf_counter() - start, int(participants.shape[0]),
-                           server=diagnostics)
+                           server=diagnostics, epsilon=epsilon,
+                           upload_norms=self._norm_summary(norms))
+
+    def _norm_summary(self, norms: list) -> dict:
+        """Median and largest L2 and L1 norm of the round's uploads (before privatising); under dp
+        the fraction of uploads that clipping shrank."""
+        if not norms:
+            return {}
+        l2 = torch.cat([a for a, _ in norms]).cpu()
+        l1 = torch.cat([b for _, b in norms]).cpu()
+        out = {"l2_median": float(l2.median()), "l2_max": float(l2.max()),
+               "l1_median": float(l1.median()), "l1_max": float(l1.max())}
+        if self.dp.active:
+            out["clipped_fraction"] = float((l2 > self.dp.clip).double().mean())
+        return out
 
     def __iter__(self):
         """Round 0 (evaluation of the untrained model), then rounds 1..T, evaluated when due."""
@@ -197,9 +253,15 @@ class FederatedRun:
                 return
             for t in range(1, self.config.rounds + 1):
                 record = self.train_round(t)
-                if t % self.config.eval_every == 0 or t == self.config.rounds:
+                # target_epsilon: stop here when one more round could pass it (evaluated first)
+                last = t == self.config.rounds
+                if not last and self.accountant is not None and not self.accountant.allows_another():
+                    self.stopped_early = last = True
+                if t % self.config.eval_every == 0 or last:
                     record.valid, record.test = self.evaluate(t)
                 yield record
+                if last:
+                    return
 
 
 @dataclass
@@ -220,6 +282,7 @@ class RunResult:
     feature_download_scalars: int = 0              # frozen inputs a client downloads once (FedMR's features)
     state: object = None                           # final FedState (global and private tensors)
     details: dict = field(default_factory=dict)    # the method's diagnostics (FedMR: router weights)
+    privacy: dict = field(default_factory=dict)    # under --noise or --dp: settings, epsilon per round (accounting.py)
 
     def to_json(self) -> dict:
         return {
@@ -238,6 +301,7 @@ class RunResult:
             "upload_scalars_per_round": self.upload_scalars_per_round,
             "upload_scalars_per_client": self.upload_scalars_per_client,
             "feature_download_scalars": self.feature_download_scalars,
+            **({"privacy": self.privacy} if self.privacy else {}),
         }
 
 
@@ -257,6 +321,7 @@ def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResul
     run = FederatedRun(dataset, config)
     result = RunResult(config=run.config)
     bar = progress_bar(run.config.rounds, f"{run.config.backbone} rounds", progress and run.state is not None)
+    norms_per_round = []
     for record in run:
         result.train_seconds += record.train_seconds
         result.client_updates += record.participants
@@ -266,7 +331,13 @@ def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResul
                          train_seconds=result.train_seconds)
             if record.server:
                 entry["server"] = record.server
+            if record.upload_norms:
+                entry["upload_norms"] = record.upload_norms
+            if record.epsilon is not None:
+                entry["epsilon"] = record.epsilon
             result.history.append(entry)
+        if record.upload_norms and (run.noise.active or run.dp.active):
+            norms_per_round.append(record.upload_norms)
         if record.round > 0:
             bar.update(1)
             bar.set_postfix(loss=f"{record.train_loss:.4f}",
@@ -285,4 +356,22 @@ def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResul
         result.feature_download_scalars = run.method.feature_download_scalars
         result.state = run.state
         result.details = run.method.details(run.state, run.config)
+    result.privacy = privacy_summary(run, norms_per_round)
     return result
+
+
+def privacy_summary(run: FederatedRun, norms_per_round: list) -> dict:
+    """The JSON's ``privacy`` object: under dp the accountant's settings and epsilon after every
+    round; under the papers' --noise, that no epsilon holds (no clipping); both with the uploads'
+    measured norms per round (before privatising). Empty for a run without either."""
+    if run.accountant is not None:
+        out = run.accountant.summary()
+        out["stopped_at_target_epsilon"] = run.stopped_early
+    elif run.noise.active:
+        out = {"noise": run.config.noise, "epsilon": None,
+               "why": "no clipping: an upload's norm, hence the sensitivity, is unbounded, so no "
+                      "epsilon holds (accounting.papers_epsilon: what it would be if clipped)"}
+    else:
+        return {}
+    out["upload_norms_per_round"] = norms_per_round
+    return out

@@ -15,6 +15,13 @@ With weights a_u over this round's participants P (a_u >= 0, sum_u a_u = 1):
   weighted average of the clients' end-of-round copies, sum_u a_u theta_u;
 - FCF, PFedRec, FedRAP ("uniform"): a_u = 1 / |P|; FCF applies it with a server step size eta_s.
 
+Central differential privacy (DP-FedAvg, McMahan et al. 2018; privacy.py): the server clips each
+client's whole upload to norm S as it arrives, weighs clients uniformly, and at ``close`` adds
+N(0, (z S)^2) to every scalar of the sum and divides by the EXPECTED number of participants
+beta U (a public constant: the actual count would itself depend on who took part):
+
+    theta <- theta - eta_s * (sum_{u in P} clip_S(Delta_u) + N(0, (z S)^2 I)) / (beta U)
+
 Uploads arrive chunk by chunk, so ``Aggregator`` streams: it keeps sum_u r_u Delta_u and sum_u r_u
 for the raw weights r_u (n_u or 1) and divides once at the end; the result equals the weighted sum
 with ``aggregation_weights`` (tested on hand-made arrays). Item-table updates come as rows: for
@@ -26,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from .privacy import DpSpec, clip_uploads, gaussian_sum_noise
 
 RULES = ("data_size", "uniform")
 
@@ -131,21 +140,41 @@ class ServerRound:
     Uploads are aggregated as they arrive (a round's uploads are never all held at once) unless
     the method's server step needs them (``keep_uploads``: GFMFR groups its clients by them)."""
 
-    def __init__(self, server, method, rule: str, config, t: int, keep_uploads: bool = False):
+    def __init__(self, server, method, rule: str, config, t: int, keep_uploads: bool = False,
+                 dp: DpSpec | None = None, generator: torch.Generator | None = None,
+                 expected_clients: float | None = None, tables=()):
         self.server, self.method, self.config, self.t = server, method, config, t
+        # central DP (module docstring): uniform weights, the server's own clipping and noise
+        self.central = dp is not None and dp.mode == "central"
+        if self.central and not (expected_clients and expected_clients > 0 and generator is not None):
+            raise ValueError("server: central DP needs the expected number of participants and a generator")
+        self.dp, self.generator, self.expected, self.tables = dp, generator, expected_clients, tables
         shapes = {k: tuple(v.shape) for k, v in server.global_.items()}
         value = next(iter(server.global_.values()))
-        self.aggregator = Aggregator(rule, shapes, value.dtype, value.device)
+        self.aggregator = Aggregator("uniform" if self.central else rule, shapes, value.dtype, value.device)
         self.kept = [] if keep_uploads else None
 
     def receive(self, batch: UploadBatch) -> None:
+        if self.central:
+            clip_uploads(batch, self.dp.clip, self.tables)     # clip_S(Delta_u), client by client
         self.aggregator.add(batch)
         if self.kept is not None:
             self.kept.append(batch)
 
     def close(self) -> dict:
-        """Apply the averaged update and the method's server step; returns its diagnostics."""
+        """Apply the averaged update and the method's server step; returns its diagnostics.
+        A round without participants (possible under Poisson sampling) leaves the model as it is,
+        except under central DP, where the noise is released all the same."""
         _, _, server_lr = self.config.step_sizes()
         start = self.server.global_                        # the model the clients received
-        self.server.global_ = apply_update(start, self.aggregator.mean_update(), server_lr)
+        if self.central:
+            sums = self.aggregator.buffers
+            gaussian_sum_noise(sums, self.dp.std, self.generator)
+            # (sum_u clip_S(Delta_u) + N(0, (z S)^2)) / (beta U)
+            update = {k: v / self.expected for k, v in sums.items()}
+        elif self.aggregator.clients == 0:
+            return {}
+        else:
+            update = self.aggregator.mean_update()
+        self.server.global_ = apply_update(start, update, server_lr)
         return self.method.server_step(self.server, self.kept or [], start, self.config, self.t)
