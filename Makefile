@@ -40,14 +40,15 @@ book: venv
 	env -u FEDMM_QUICK $(BOOK_ENV) $(BIN)/jupyter-book build . --path-output $(BOOK_FULL) --config $(BOOK_FULL)/_config.yml --keep-going
 	@echo "open $(BOOK_FULL)/_build/html/index.html"
 
-## The whole suite in quick mode: unit tests, every chapter through nbmake, the strict book build.
+## The whole suite in quick mode: unit tests, every chapter and every exercise solutions notebook
+## through nbmake, the strict book build.
 test: unit notebooks book-strict
 
 unit: venv
 	$(TEST_ENV) MPLBACKEND=Agg $(THREADS) $(BIN)/python -m pytest tests $(XDIST) -q
 
 notebooks: venv
-	$(TEST_ENV) $(THREADS) $(BIN)/python -m pytest --nbmake book/*.ipynb $(XDIST) -q --nbmake-timeout=1200
+	$(TEST_ENV) $(BOOK_ENV) $(THREADS) $(BIN)/python -m pytest --nbmake book/*.ipynb book/exercises/*_solutions.ipynb $(XDIST) -q --nbmake-timeout=1200
 
 ## Quick mode, every page read and executed (--all with execute_notebooks: force), warnings are
 ## errors; then the rendered pages are checked for what readers must not see (book/tools/check_pages.py).
