@@ -2,6 +2,7 @@
 exist: checks on the chapters (book/*.ipynb), the exercise notebooks, the book's pages
 (book/**/*.md) and the repository's READMEs. (book/tools/check_pages.py checks the rendered pages.)"""
 import ast
+import fnmatch
 import json
 import re
 from pathlib import Path
@@ -60,7 +61,11 @@ def _repository_files():
 
 
 def _exists(name, files):
-    """A cited file exists: from the root, from book/, or as the tail of a repository path."""
+    """A cited file exists: from the root, from book/, or as the tail of a repository path. A
+    placeholder (``book/exercises/<chapter>_exercises.ipynb``) must match at least one file."""
+    if "PLACEHOLDER" in name:
+        pattern = name.replace("PLACEHOLDER", "*")
+        return any(fnmatch.fnmatch(f, pattern) or fnmatch.fnmatch(f, "*/" + pattern) for f in files)
     if (ROOT / name).exists() or (ROOT / "book" / name).exists():
         return True
     return any(f == name or f.endswith("/" + name) for f in files)
@@ -98,6 +103,7 @@ def test_file_names_in_prose_are_code_and_exist():
         prose = LINK_TARGET.sub("]", INLINE_CODE.sub(" ", text))
         bare += [(where, m.group(1)) for m in FILE_NAME.finditer(prose)]
         for code in INLINE_CODE.findall(text):
+            code = re.sub(r"<[\w -]+>", "PLACEHOLDER", code)
             missing += [(where, m.group(1)) for m in FILE_NAME.finditer(code) if not _exists(m.group(1), files)]
     assert bare == [], "write file names as `code`"
     assert missing == [], "cite files that exist in the repository"
@@ -107,6 +113,8 @@ def test_the_file_name_checks_can_fail():
     files = _repository_files()
     assert not _exists("algorithms.md", files) and not _exists("fedmm_lite/colab_old.py", files)
     assert _exists("fed/server.py", files) and _exists("bench/README.md", files)
+    assert _exists("book/exercises/PLACEHOLDER_exercises.ipynb", files)
+    assert not _exists("book/exercises/PLACEHOLDER_answers.ipynb", files)
     assert FILE_NAME.search("see algorithms.md, section 8").group(1) == "algorithms.md"
     assert OUTSIDE.search("(paper_numbers.md: FedAvg)")
 
