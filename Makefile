@@ -54,7 +54,7 @@ notebooks: venv
 ## errors; then the rendered pages are checked for what readers must not see (book/tools/check_pages.py).
 book-strict: venv
 	$(BIN)/python book/tools/book_config.py quick
-	$(TEST_ENV) $(BOOK_ENV) $(BIN)/jupyter-book build . --path-output $(BOOK_QUICK) --config $(BOOK_QUICK)/_config.yml --all -W -n --keep-going
+	$(TEST_ENV) $(BOOK_ENV) $(THREADS) $(BIN)/jupyter-book build . --path-output $(BOOK_QUICK) --config $(BOOK_QUICK)/_config.yml --all -W -n --keep-going
 	$(TEST_ENV) $(BIN)/python book/tools/check_pages.py $(BOOK_QUICK)/_build/html
 
 bench: venv
