@@ -139,7 +139,7 @@ def compare_runs(cpu: dict, other: dict, users: int, tolerance_users: float) -> 
     if last_cpu["round"] != last_other["round"]:
         raise CheckFailed(f"the runs stopped at different rounds: {last_cpu['round']} and {last_other['round']}")
     diff = max(abs(last_cpu[split][m] - last_other[split][m]) for split in ("valid", "test") for m in METRICS)
-    return {"round": last_cpu["round"], "max |difference|": round(diff, 5), "in users": round(diff * users, 2),
+    return {"round": last_cpu["round"], "largest difference": round(diff, 5), "in users": round(diff * users, 2),
             "tolerance (users)": tolerance_users, "agree": diff * users <= tolerance_users + 1e-9,
             "test HR@50 cpu": round(last_cpu["test"]["hr@50"], 4), "test HR@50 device": round(last_other["test"]["hr@50"], 4)}
 
