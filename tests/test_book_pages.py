@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOKS = CHAPTERS + sorted((ROOT / "book" / "exercises").glob("*.ipynb"))
 PAGES = sorted(p for p in (ROOT / "book").rglob("*.md"))
-READMES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "data_prep" / "README.md", ROOT / "bench" / "README.md"]
+READMES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "data_prep" / "README.md", ROOT / "bench" / "README.md",
+           ROOT / "requirements.txt", ROOT / "_config.yml", ROOT / "_toc.yml", ROOT / "Makefile", ROOT / "pyproject.toml"]
 # Developer documents that live outside the repository: nothing in it may cite them.
 OUTSIDE = re.compile(r"algorithms\.md|paper_numbers\.md|\bbook\.md|\bdesign\.md|\bstyle\.md|shared/docs")
 FILE_NAME = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:md|py|ipynb|yml|yaml|toml|sh|txt))\b")
