@@ -6,6 +6,9 @@ One place, so that notebooks, tests and the command line agree:
   (default ``~/.cache/fedmm_lite``).
 - ``TQDM_DISABLE=1`` switches every progress bar off (the book builds with it: a bar would become a
   widget box in the rendered page).
+- ``FEDMM_DEVICE`` (``cpu``, ``cuda``, ``cuda:N``) decides what ``"auto"`` means, so that a whole
+  notebook or script can be moved to a device without editing it (``bench/gpu_check.sh`` forces
+  CUDA with it); unset, ``"auto"`` picks CUDA when present, else CPU.
 """
 from __future__ import annotations
 
@@ -40,12 +43,21 @@ def data_home() -> Path:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` is ``$FEDMM_DEVICE`` when set, else CUDA when present, else CPU; anything else is
+    passed to ``torch.device``."""
     import torch
 
     if isinstance(device, torch.device):
         return device
     if device == "auto":
+        forced = os.environ.get("FEDMM_DEVICE", "").strip()
+        if forced and forced != "auto":
+            if not (forced == "cpu" or forced == "cuda" or forced.startswith("cuda:")):
+                raise ValueError(f"FEDMM_DEVICE={forced}: expected cpu, cuda or cuda:N")
+            if forced.startswith("cuda") and not torch.cuda.is_available():
+                raise ValueError(f"FEDMM_DEVICE={forced}: CUDA is not available on this machine "
+                                 "(unset FEDMM_DEVICE or set it to cpu)")
+            return torch.device(forced)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
