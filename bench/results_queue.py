@@ -2,7 +2,7 @@
 
 Each configuration runs in a fresh process (one torch thread) and keeps its JSON under
 ``out/<data>/<label>-r<rounds>.json``; one whose JSON exists is skipped, so a queue resumes where it
-stopped. ``cell`` formats a result read at the validation-selected round with one standard error of
+stopped. A run that diverges still writes its JSON (the rounds before, and where it diverged). ``cell`` formats a result read at the validation-selected round with one standard error of
 its test HR@50 (binomial over the test users: sqrt(p (1 - p) / U)).
 """
 from __future__ import annotations
@@ -57,5 +57,7 @@ def cell(result: dict | None) -> str:
     if result is None:
         return "not run | | |"
     test = result["test"]
-    return (f"{test['hr@50']:.4f} ± {standard_error(result):.4f} | {test['ndcg@50']:.4f} | "
+    diverged = result.get("diverged")
+    mark = f" (diverged in round {diverged['round']})" if diverged else ""
+    return (f"{test['hr@50']:.4f} ± {standard_error(result):.4f}{mark} | {test['ndcg@50']:.4f} | "
             f"{result['best_round']} | {result.get('train_seconds', float('nan')):.0f}")

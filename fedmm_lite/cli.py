@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("none", "random-group", "single-group", "multiple-agg"),
                    help="GFMFR: an ablation of the paper (default none)")
     p.add_argument("--ratio-cap", type=float, default=None,
-                   help="GFMFR: cap on the loss ratio L_rec / L_dis, so lambda_t <= cap (default 0.1)")
+                   help="GFMFR: cap on the loss ratio L_rec / L_dis, so lambda_t <= cap (default 0.03)")
     p.add_argument("--noise", default="none",
                    help="the papers' unclipped upload noise: none | gaussian:STD | laplace:SCALE (no guarantee)")
     # clipped Gaussian DP with an accountant (fed/privacy.py, fed/accounting.py)

@@ -228,13 +228,11 @@ def result_json(result, dataset, memory) -> dict:
 
 
 def _run(dataset, config):
-    """``run_federated`` with a progress bar on stderr; a diverged run becomes one clear line."""
+    """``run_federated`` with a progress bar on stderr; a diverged run stops where it diverged
+    (``RunResult.diverged``): its rounds so far are still written, then the error is one line."""
     from .fed.rounds import run_federated
 
-    try:
-        return run_federated(dataset, config, progress=True)
-    except FloatingPointError as err:       # the round names itself and says what helps
-        raise OptionError(str(err)) from None
+    return run_federated(dataset, config, progress=True, on_divergence="stop")
 
 
 def summary_line(out: dict, target) -> str:
@@ -265,6 +263,9 @@ def cmd_run(args) -> int:
         result = _run(dataset, config)
     out = result_json(result, dataset, memory)
     write_json(out, json_path, summary_line(out, json_path))
+    if result.diverged:                      # the round names itself and says what helps
+        raise OptionError(result.diverged["message"] + (f" (the rounds before it are in {json_path})"
+                                                        if json_path not in (None, STDOUT) else ""))
     return 0
 
 

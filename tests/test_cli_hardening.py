@@ -93,13 +93,19 @@ def test_a_late_write_failure_still_prints_the_result(monkeypatch, capsys, env, 
     assert len(err.strip().splitlines()) == 1 and "--json" in err and "stdout" in err
 
 
-def test_divergence_under_noise_is_one_line_that_says_what_helps(env):
+def test_divergence_under_noise_is_one_line_that_says_what_helps(env, tmp_path):
     """FedAvg + FedMR with the papers' Laplace scale 5 on world-quick diverges in round 2 (its
-    scores become NaN): one line naming the round, the noise and the remedy."""
+    scores become NaN): one line naming the round, the noise and the remedy; the rounds measured
+    before the divergence are still written, with where it diverged."""
+    target = tmp_path / "diverged.json"
     proc = cli({**env, "TQDM_DISABLE": "1"}, "run", "--data", "world-quick", "--backbone", "fedavg",
-               "--method", "fedmr", "--noise", "laplace:5", "--rounds", "3")
+               "--method", "fedmr", "--noise", "laplace:5", "--rounds", "3", "--json", str(target))
     line = one_error_line(proc)
-    assert "diverged" in line and "--noise laplace:5" in line and "--clip" in line
+    assert "diverged" in line and "--noise laplace:5" in line and "--clip" in line and str(target) in line
+    written = json.loads(target.read_text())
+    assert written["diverged"]["round"] == 2 and "diverged" in written["diverged"]["message"]
+    assert [h["round"] for h in written["history"]] == [0, 1]            # what was measured before
+    assert written["best_round"] in (0, 1)
 
 
 def test_importing_the_command_line_does_not_import_torch():

@@ -22,7 +22,7 @@ Per round t (the backbone's own training and aggregation run as usual):
    samples, with p its own prediction and q its group's teacher:
        KL([q, 1-q] || [p, 1-p]) = BCE(s, q) - H(q),   d KL / d s = sigma(s) - q,
    lambda_t from the schedule (``distillation_weight``): ScaleAlign L_rec / L_dis (detached,
-   capped at ``ratio_cap``: ``scale_ratio``),
+   capped at ``ratio_cap``: ``scale_ratio``, see there),
    SmoothCoef its moving average m_u (a per-client buffer), ProgressiveScale the ratio times the
    increasing ramp t / T, "ours" (the paper's choice) m_u times the ramp; "cosine" is the published
    code's decreasing cos(pi t / 2T), kept for comparison.
@@ -82,10 +82,14 @@ def distillation_weight(schedule: str, ratio: torch.Tensor, smoothed: torch.Tens
 
 
 def scale_ratio(rec_loss: torch.Tensor, dis: torch.Tensor, cap: float) -> torch.Tensor:
-    """ScaleAlign's ratio L_rec / L_dis (detached), capped at ``cap`` (book/methods.md, "GFMFR":
-    a student that already agrees with its teacher has L_dis -> 0, the ratio -> infinity, and the
-    distillation gradient lambda (sigma(s) - q) grows like 1 / (p - q): with plain SGD the run
-    diverges; ``cap`` = inf is the paper as written)."""
+    """ScaleAlign's ratio L_rec / L_dis (detached), capped at ``cap`` (book/methods.md, "GFMFR";
+    ``cap`` = inf is the paper as written). Why a cap: a student that already agrees with its
+    teacher has L_dis -> 0 and the ratio -> infinity. And even a bounded lambda can destabilise
+    plain SGD: BCE's gradient vanishes as a prediction saturates, lambda (p - q) does not, so each
+    sample pulls its logit to an interior point p* where a step of the item row moves the logit by
+    about eta |u|^2 lambda p*(1 - p*) / n_B times the error; with the backbones' item step eta of the
+    order of n this overshoots once lambda is large (measured: world-full, lambda 0.1 from round 2
+    diverged in round 11, 0.03 did not)."""
     return torch.clamp(rec_loss / (dis.detach() + EPS), max=cap)
 
 
@@ -166,6 +170,8 @@ class GFMFR(IdMethod):
 
     name = "gfmfr"
     keeps_uploads = True
+    divergence_hint = ("lower --ratio-cap (the bound of the distillation weight lambda_t) or the step "
+                       "sizes (--lr, item_lr)")
     chunk_session = GFMFRChunk
     client_session = GFMFRClient
 

@@ -97,6 +97,7 @@ class IdMethod:
     name = "id"
     mixes_sizes = True          # clients of any size may share a chunk (plan.chunks, mix_above)
     keeps_uploads = False       # the server step reads the round's uploads (GFMFR), not only their mean
+    divergence_hint = "lower --lr (or the item step, item_lr)"    # what helps when a run diverges
     chunk_session = ChunkSession
     client_session = ClientSession
 

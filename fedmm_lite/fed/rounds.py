@@ -202,9 +202,11 @@ class FederatedRun:
             hint = (f"under --dp {self.dp.mode} (noise std {self.dp.std:g} per scalar {where}): lower "
                     f"--clip or --noise-multiplier, or the step sizes")
         else:
-            hint = "lower --lr (or the item step, item_lr)"
-        return FloatingPointError(f"round {t}: the model diverged ({what}) for {config.backbone} "
-                                  f"({config.method}); {hint}")
+            hint = self.state.method.divergence_hint
+        error = FloatingPointError(f"round {t}: the model diverged ({what}) for {config.backbone} "
+                                   f"({config.method}); {hint}")
+        error.round = t
+        return error
 
     def train_round(self, t: int, observe=None) -> RoundRecord:
         """Round ``t`` without evaluation (module docstring, steps 1-4); ``observe`` as in
@@ -282,6 +284,7 @@ class RunResult:
     feature_download_scalars: int = 0              # frozen inputs a client downloads once (FedMR's features)
     state: object = None                           # final FedState (global and private tensors)
     details: dict = field(default_factory=dict)    # the method's diagnostics (FedMR: router weights)
+    diverged: dict | None = None                   # where the run diverged ({"round", "message"}), if it did
     privacy: dict = field(default_factory=dict)    # under --noise or --dp: settings, epsilon per round (accounting.py)
 
     def to_json(self) -> dict:
@@ -301,6 +304,7 @@ class RunResult:
             "upload_scalars_per_round": self.upload_scalars_per_round,
             "upload_scalars_per_client": self.upload_scalars_per_client,
             "feature_download_scalars": self.feature_download_scalars,
+            "diverged": self.diverged,
             **({"privacy": self.privacy} if self.privacy else {}),
         }
 
@@ -314,14 +318,8 @@ def select_best(history: list, key: str = SELECT_ON) -> dict:
     return best
 
 
-def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResult:
-    """Train and evaluate one configuration: every round of ``FederatedRun``, then model selection
-    on validation (module docstring)."""
-    t0 = time.perf_counter()
-    run = FederatedRun(dataset, config)
-    result = RunResult(config=run.config)
-    bar = progress_bar(run.config.rounds, f"{run.config.backbone} rounds", progress and run.state is not None)
-    norms_per_round = []
+def _record_rounds(run, result, t0, norms_per_round, bar) -> None:
+    """Every round of ``run``, recorded into ``result`` as it comes (``run_federated``)."""
     for record in run:
         result.train_seconds += record.train_seconds
         result.client_updates += record.participants
@@ -342,6 +340,25 @@ def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResul
             bar.update(1)
             bar.set_postfix(loss=f"{record.train_loss:.4f}",
                             hr50=f"{result.history[-1]['valid']['hr@50']:.4f}")
+
+
+def run_federated(dataset, config: FedConfig, progress: bool = True,
+                  on_divergence: str = "raise") -> RunResult:
+    """Train and evaluate one configuration: every round of ``FederatedRun``, then model selection
+    on validation (module docstring). A diverged run raises ``FloatingPointError``; with
+    ``on_divergence="stop"`` it stops there instead, selects among the rounds evaluated before, and
+    says where it diverged in ``RunResult.diverged`` (nothing measured is lost)."""
+    t0 = time.perf_counter()
+    run = FederatedRun(dataset, config)
+    result = RunResult(config=run.config)
+    bar = progress_bar(run.config.rounds, f"{run.config.backbone} rounds", progress and run.state is not None)
+    norms_per_round = []
+    try:
+        _record_rounds(run, result, t0, norms_per_round, bar)
+    except FloatingPointError as error:
+        if on_divergence != "stop":
+            raise
+        result.diverged = {"round": getattr(error, "round", None), "message": str(error)}
     bar.close()
     best = select_best(result.history)
     result.best_round, result.valid, result.test = best["round"], best["valid"], best["test"]
