@@ -279,11 +279,20 @@ def regulariser(backbone: str, view: dict, valid: torch.Tensor, t: int, config) 
     """
     if backbone != "fedrap":
         return None
+    return fedrap_terms(view, valid, t, config)[0]
+
+
+def fedrap_terms(view: dict, valid: torch.Tensor, t: int, config):
+    """FedRAP's regulariser R_u (C,) (``regulariser``) and what its written-out gradient reuses
+    (gradients.py, G3): delta = D_u[i] - C[i], its square, the valid mask (C, B, 1), the count."""
     lam, mu = fedrap_weights(t, config)
     d_rows, c_rows = view["D"], view["C"]                                       # (C, B, d) each
     m = valid.to(d_rows.dtype).unsqueeze(-1)                                    # (C, B, 1)
     count = (m.sum(dim=(1, 2)) * d_rows.shape[-1]).clamp(min=1)                 # (C,)
+    delta = d_rows - c_rows                                                     # (C, B, d)
+    sq = delta ** 2
     # min((D_u[i] - C[i])^2, tau)
-    gap = torch.clamp((d_rows - c_rows) ** 2, max=config.fedrap_bound)          # (C, B, d)
+    gap = torch.clamp(sq, max=config.fedrap_bound)                              # (C, B, d)
     # -lambda_t mean(min(gap, tau)) + mu_t mean(|C|)
-    return (-lam * (gap * m).sum(dim=(1, 2)) + mu * (c_rows.abs() * m).sum(dim=(1, 2))) / count
+    value = (-lam * (gap * m).sum(dim=(1, 2)) + mu * (c_rows.abs() * m).sum(dim=(1, 2))) / count
+    return value, (delta, sq, m, count)

@@ -62,10 +62,11 @@ def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.T
     x = backbones.id_rows(backbone, view)["item"]                               # (A, B, d)
     s = backbones.score(backbone, view, {"item": x})                            # (A, B)
     loss = None
+    reg, terms = backbones.fedrap_terms(view, valid, t, config) if backbone == "fedrap" else (None, None)
     if with_loss or logit_term is not None:
         loss = (F.binary_cross_entropy_with_logits(s, y, reduction="none") * m).sum(1)
-        if backbone == "fedrap":
-            loss = loss + backbones.regulariser(backbone, view, valid, t, config)
+        if reg is not None:
+            loss = loss + reg
     g = (torch.sigmoid(s) - y) * m                                              # (G1) (A, B)
     if logit_term is not None:
         extra = logit_term(s, loss)
@@ -83,19 +84,16 @@ def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.T
     for name in tables:
         if name in names:
             grads[name] = row_grad
-    if backbone == "fedrap":
-        _fedrap_gradients(view, names, valid, t, config, grads)
+    if terms is not None:
+        _fedrap_gradients(view, names, terms, t, config, grads)
     return loss, [grads.get(name) for name in names]
 
 
-def _fedrap_gradients(view, names, valid, t, config, grads) -> None:
-    """Adds (G3), the gradients of FedRAP's R_u (``backbones.regulariser``), to ``grads``."""
+def _fedrap_gradients(view, names, terms, t, config, grads) -> None:
+    """Adds (G3), the gradients of FedRAP's R_u (``backbones.fedrap_terms``), to ``grads``."""
     lam, mu = backbones.fedrap_weights(t, config)
-    d_rows, c_rows = view["D"], view["C"]                                       # (A, B, d)
-    m = valid.to(d_rows.dtype).unsqueeze(-1)                                    # (A, B, 1)
-    n_r = (m.sum(dim=(1, 2)) * d_rows.shape[-1]).clamp(min=1)                   # (A,)
-    delta = d_rows - c_rows
-    sq = delta ** 2
+    c_rows = view["C"]                                                          # (A, B, d)
+    delta, sq, m, n_r = terms                                                   # (A, B, d) x2, (A, B, 1), (A,)
     inside = (sq < config.fedrap_bound).to(delta.dtype)                         # clip gradient mask
     scale = (m / n_r.view(-1, 1, 1))                                            # (A, B, 1)
     pull = 2 * lam * delta * inside * scale                                     # (G3)
