@@ -170,13 +170,16 @@ def upload_norms(batch, tables) -> tuple[torch.Tensor, torch.Tensor]:
     sq = torch.zeros(C, dtype=torch.float64, device=sample.device)
     l1 = torch.zeros(C, dtype=torch.float64, device=sample.device)
     for name, value in {**batch.values, **batch.reports}.items():
-        v = value.double()
+        # per row (table) or per client (module): reductions, no full-size temporary
+        rows = value if _client_rows(batch, name, tables) else value.reshape(C, -1)
+        row_l2 = torch.linalg.vector_norm(rows, 2, dim=1).double()
+        row_l1 = torch.linalg.vector_norm(rows, 1, dim=1).double()
         if _client_rows(batch, name, tables):
-            sq.index_add_(0, batch.owners[name], v.pow(2).sum(1))
-            l1.index_add_(0, batch.owners[name], v.abs().sum(1))
+            sq.index_add_(0, batch.owners[name], row_l2.pow(2))
+            l1.index_add_(0, batch.owners[name], row_l1)
         else:
-            sq += v.reshape(C, -1).pow(2).sum(1)
-            l1 += v.reshape(C, -1).abs().sum(1)
+            sq += row_l2.pow(2)
+            l1 += row_l1
     return sq.sqrt(), l1
 
 
