@@ -98,6 +98,23 @@ def test_fedmr_ablations_equal_per_client_loop(strategy, modalities, map_form):
     assert (batched.details["router_weights"] is None) == (strategy != "mix")
 
 
+@pytest.mark.parametrize("backbone", ["fedavg", "fedncf", "pfedrec"])
+@pytest.mark.parametrize("estimate", ["epoch", "batch"])
+def test_router_input_estimates_equal_per_client_loop_and_differ_from_exact(backbone, estimate):
+    """The labelled estimates of Eq. (5)'s input (fedmr.py) in both trainers: the same run, and
+    not the exact method (the estimate is used: routers and modules end elsewhere)."""
+    data = mm_dataset(seed=4)
+    config = mr_config(backbone, router_input=estimate, rounds=2)
+    batched = run_federated(data, config, progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
+    assert_same_run(batched, loop)
+    exact = run_federated(data, dataclasses.replace(config, router_input="exact"), progress=False)
+    moved = max(float((exact.state.global_[k] - batched.state.global_[k]).abs().max())
+                for k in batched.state.method.modules)
+    assert moved > 1e-6
+    assert (exact.state.private["r_W1"] - batched.state.private["r_W1"]).abs().max() > 1e-9
+
+
 def test_fedmr_upload_noise_reaches_module_uploads_and_matches_loop():
     data = mm_dataset(seed=2)
     config = mr_config("fedavg", noise="gaussian:0.01", rounds=2)

@@ -60,11 +60,12 @@ class RoundRecord:
 
 
 def plan_round(dataset, config: FedConfig, generator: torch.Generator, sampler, sizes: torch.Tensor,
-               mixes_sizes: bool = True):
+               mixes_sizes: bool = True, spread: float | None = None):
     """One round's participants (sorted by training-set size) and their chunk plans, drawn lazily.
 
     Chunks hold clients of similar size (``plan.chunks``); a method that pads every client's
-    history to the longest of its chunk (FedMR: ``mixes_sizes`` False) never mixes them freely."""
+    history to the longest of its chunk (FedMR: ``mixes_sizes`` False) never mixes them freely, and
+    may ask for a tighter ``spread`` (None: ``CHUNK_SPREAD``)."""
     participants = sample_participants(dataset.n_users, config.sample_ratio, generator)
     participants = participants[torch.argsort(sizes[participants], stable=True)]
     mix_above = config.batch_size if mixes_sizes else float("inf")
@@ -72,7 +73,7 @@ def plan_round(dataset, config: FedConfig, generator: torch.Generator, sampler, 
                        config.batch_size, generator)
              for chunk in chunks(participants, config.chunk_size,
                                  sizes[participants] * (1 + config.neg_ratio), config.chunk_samples,
-                                 spread=CHUNK_SPREAD, mix_above=mix_above))
+                                 spread=spread or CHUNK_SPREAD, mix_above=mix_above))
     return participants, plans
 
 
@@ -175,7 +176,8 @@ class FederatedRun:
         """Round ``t`` without evaluation (module docstring, steps 1-4)."""
         start = time.perf_counter()
         participants, plans = plan_round(self.dataset, self.config, self.generator, self.sampler,
-                                         self.sizes, self.state.method.mixes_sizes)
+                                         self.sizes, self.state.method.mixes_sizes,
+                                         self.state.method.chunk_spread)
         loss, diagnostics = run_round(self.state, plans, self.config, t, self.trainer, self.noise,
                                       self.noise_generator)
         if self.device.type == "cuda":
