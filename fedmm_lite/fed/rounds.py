@@ -29,7 +29,7 @@ import torch
 
 from ..config import progress_bar, resolve_device
 from ..data import NegativeSampler
-from ..metrics import NonFiniteScores, evaluate
+from ..metrics import NonFiniteScores, evaluate, evaluate_cold
 from . import engine, oracle
 from .config import FedConfig, validate
 from .method import full_scores, make_method
@@ -154,8 +154,10 @@ class FederatedRun:
         """(valid, test) metrics of the current model (after round ``t``), full ranking."""
         kw = dict(ks=KS, chunk_size=self.config.eval_chunk_size, device=self.device)
         try:
-            return (evaluate(self.score, self.dataset, "valid", **kw),
-                    evaluate(self.score, self.dataset, "test", **kw))
+            test = evaluate(self.score, self.dataset, "test", **kw)
+            # the cold-item split: the held-out items' metrics join test's (metrics.evaluate_cold)
+            test.update(evaluate_cold(self.score, self.dataset, **kw))
+            return evaluate(self.score, self.dataset, "valid", **kw), test
         except NonFiniteScores as err:      # a private tensor diverged: say so, not a traceback
             raise self._diverged(t, str(err)) from None
 
