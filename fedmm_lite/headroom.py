@@ -127,10 +127,13 @@ class _CentralModel:
         p, b = self.params["p"][users], self.params["b"][users]
         if self.fedmr is None:
             return backbones.score("fedavg", {"p": p, "b": b}, {"item": self.params["Q"]})
-        S = self._strategies()
-        pi = self._router(S, users)
-        z = S[:, 0].unsqueeze(0) if pi is None else torch.einsum("nkd,uk->und", S, pi)
-        return torch.einsum("und,ud->un", z.expand(len(users), -1, -1), p) + b.unsqueeze(1)
+        S = self._strategies()                                                     # (n, K, d)
+        pi = self._router(S, users)                                                # (c, K)
+        per_strategy = torch.einsum("nkd,ud->unk", S, p)                           # (c, n, K) p_u . s_k(i)
+        if pi is None:
+            return per_strategy[..., 0] + b.unsqueeze(1)
+        # s_ui = sum_k pi_u,k (p_u . s_k(i)) + b_u = p_u . z_ui + b_u
+        return torch.einsum("unk,uk->un", per_strategy, pi) + b.unsqueeze(1)
 
 
 def train_central(dataset, model: str = "id", *, epochs: int = 30, lr: float = 0.003,

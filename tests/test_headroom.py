@@ -61,14 +61,21 @@ def test_central_fusion_model_reads_the_features():
     assert a.history[-1]["loss"] != pytest.approx(b.history[-1]["loss"], abs=1e-7)
 
 
-def test_central_id_model_scores_with_the_fedavg_score_function():
+@pytest.mark.parametrize("fusion_model", [False, True])
+def test_central_model_scores_every_item_as_it_trains_on_pairs(fusion_model):
+    """The ID model is the FedAvg score function; both models' full-ranking scores equal their
+    training logits of the same (user, item) pairs (the mix of Eq. (6) under the user's router)."""
+    from fedmm_lite.fed.config import FedConfig
+
     data = mm_dataset(seed=9)
     generator = torch.Generator().manual_seed(0)
-    from fedmm_lite.fed.config import FedConfig
-    net = headroom._CentralModel(data, FedConfig(dim=8), False, generator)
-    users = torch.tensor([0, 3])
+    config = FedConfig(method="fedmr", dim=8, router_hidden=4)
+    net = headroom._CentralModel(data, config, fusion_model, generator)
+    users = torch.tensor([0, 3, 5])
     scores = net.scores(users)
-    p, q, b = net.params["p"], net.params["Q"], net.params["b"]
-    assert torch.allclose(scores, p[users] @ q.T + b[users].unsqueeze(1), atol=1e-6)
-    pairs = net.logits(torch.tensor([0, 3]), torch.tensor([5, 6]))
-    assert torch.allclose(pairs, torch.stack([scores[0, 5], scores[1, 6]]), atol=1e-6)
+    if not fusion_model:
+        p, q, b = net.params["p"], net.params["Q"], net.params["b"]
+        assert torch.allclose(scores, p[users] @ q.T + b[users].unsqueeze(1), atol=1e-6)
+    pairs = net.logits(torch.tensor([0, 3, 5, 0]), torch.tensor([5, 6, 7, 8]))
+    want = torch.stack([scores[0, 5], scores[1, 6], scores[2, 7], scores[0, 8]])
+    assert torch.allclose(pairs.detach(), want, atol=1e-5)

@@ -110,10 +110,10 @@ class FedConfig:
     feature_map_form: str = "auto"  # the engine's per-client A_m: auto | kernel | explicit (feature_maps.py)
     router_input: str = "exact"   # Eq. (5) in training: exact (H_u, every step) | epoch | batch (estimates)
     fusion_server: str = "sgd"    # server optimiser of the fusion modules: sgd | momentum | adam (server_opt.py)
-    fusion_server_lr: float | None = None  # its step eta (None: server_opt.DEFAULT_LR; sgd uses server_lr)
+    fusion_server_lr: float | None = None  # its step eta (None: server_opt.DEFAULT_LR; sgd: server_lr)
     fusion_server_beta1: float = 0.9   # momentum / Adam's first-moment decay
     fusion_server_beta2: float = 0.99  # Adam's second-moment decay
-    fusion_server_tau: float = 1e-3    # Adam's adaptivity floor tau
+    fusion_server_tau: float = 1e-8    # Adam's adaptivity floor tau (below the updates' scale)
     # GFMFR (method "gfmfr": gfmfr.py, grouping.py; book/methods.md, "GFMFR")
     groups: int = 3               # g, client groups (the world plants three)
     grouping: str = "kmeans"      # kmeans | spectral | agglomerative, on the prediction functions P_u

@@ -228,20 +228,21 @@ class FedMR(IdMethod):
         return {"global": g, "private": p, "server": server}
 
     def server_step(self, server, uploads, start, config, t):
-        """The fusion modules' server optimiser (``config.fusion_server``, server_opt.py) on the
-        round's averaged update, which the aggregation applied with eta_s: Delta_bar = (start -
-        plain result) / eta_s. Returns, for every global tensor, how far the round moved it
+        """The fusion modules' server optimiser (``config.fusion_server``, server_opt.py; sgd with a
+        ``fusion_server_lr`` of its own too) on the round's averaged update, which the aggregation
+        applied with eta_s: Delta_bar = (start - plain result) / eta_s. Returns, for every global tensor, how far the round moved it
         relative to its size, ||theta_t - theta_{t-1}|| / ||theta_{t-1}|| (the chapter's
         step-size diagnostic)."""
-        if config.fusion_server != "sgd":
+        if config.fusion_server != "sgd" or config.fusion_server_lr is not None:
             _, _, eta_s = config.step_sizes()
             if eta_s > 0:
                 mean = {m: (start[m] - server.global_[m]) / eta_s for m in self.modules}
                 server.global_.update(server_opt.step(
                     config.fusion_server, start, mean, server.only, config.fusion_server_step(),
                     config.fusion_server_beta1, config.fusion_server_beta2, config.fusion_server_tau))
-        return {"relative_update": {name: float((server.global_[name] - value).norm()
-                                                / value.norm().clamp(min=1e-12))
+        # (None for a tensor that was all zeros: a bias at its initial value)
+        return {"relative_update": {name: (float((server.global_[name] - value).norm() / value.norm())
+                                           if bool(value.any()) else None)
                                     for name, value in start.items()}}
 
     def eval_items(self, state, users, id_tables):
