@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router-input", default=None, choices=("exact", "epoch", "batch"),
                    help="FedMR: Eq. (5)'s router input in training: exact (default), or an estimate: "
                         "once per local epoch, or the mini-batch's positives")
+    p.add_argument("--feature-dim", type=int, default=None,
+                   help="FedMR: reduce each modality's features to this many principal components "
+                        "(a labelled option; default: the encoder's features)")
     p.add_argument("--fusion-lr", type=float, default=None,
                    help="FedMR: client step of the global fusion modules (default: tuned)")
     p.add_argument("--fusion-server", default=None, choices=("sgd", "momentum", "adam"),

@@ -87,3 +87,14 @@ def test_server_optimiser_options_are_checked():
         validate(mr_config("fedavg", fusion_server="adagrad"))
     with pytest.raises(OptionError, match="--fusion-server-lr"):
         validate(mr_config("fedavg", fusion_server="adam", fusion_server_lr=0.0))
+
+
+def test_fedmr_server_optimiser_can_leave_a_id_to_plain_averaging():
+    data = mm_dataset(seed=5)
+    plain_cfg = mr_config("fedavg", rounds=1)
+    plain = run_federated(data, plain_cfg, progress=False).state
+    adam = run_federated(data, dataclasses.replace(plain_cfg, fusion_server="adam", fusion_server_lr=0.05,
+                                                   fusion_server_id=False), progress=False).state
+    assert torch.equal(adam.global_["A_id"], plain.global_["A_id"])
+    assert (adam.global_["A_image"] - plain.global_["A_image"]).abs().max() > 1e-4
+    assert "m_A_id" in adam.server.only          # the state exists; only the step is skipped

@@ -109,11 +109,13 @@ class FedConfig:
     fusion_lr: float | None = None  # step of the global mapping and strategy modules (None = FUSION_LR)
     feature_map_form: str = "auto"  # the engine's per-client A_m: auto | kernel | explicit (feature_maps.py)
     router_input: str = "exact"   # Eq. (5) in training: exact (H_u, every step) | epoch | batch (estimates)
+    feature_dim: int | None = None  # None: the encoder's features; k: their first k principal components
     fusion_server: str = "sgd"    # server optimiser of the fusion modules: sgd | momentum | adam (server_opt.py)
     fusion_server_lr: float | None = None  # its step eta (None: server_opt.DEFAULT_LR; sgd: server_lr)
     fusion_server_beta1: float = 0.9   # momentum / Adam's first-moment decay
     fusion_server_beta2: float = 0.99  # Adam's second-moment decay
     fusion_server_tau: float = 1e-8    # Adam's adaptivity floor tau (below the updates' scale)
+    fusion_server_id: bool = True      # the server optimiser steps A_id too (False: plain averaging)
     # GFMFR (method "gfmfr": gfmfr.py, grouping.py; book/methods.md, "GFMFR")
     groups: int = 3               # g, client groups (the world plants three)
     grouping: str = "kmeans"      # kmeans | spectral | agglomerative, on the prediction functions P_u
@@ -188,6 +190,8 @@ def validate(config: FedConfig) -> FedConfig:
                               f"{', '.join(FUSION_MODALITIES)}, each once")
         if c.router_input not in ROUTER_INPUTS:
             raise OptionError(f"--router-input {c.router_input!r}: choose one of {', '.join(ROUTER_INPUTS)}")
+        if c.feature_dim is not None and c.feature_dim < 1:
+            raise OptionError(f"--feature-dim {c.feature_dim}: must be >= 1")
         if c.fusion_server not in SERVER_OPTIMISERS:
             raise OptionError(f"--fusion-server {c.fusion_server!r}: choose one of {', '.join(SERVER_OPTIMISERS)}")
         if c.fusion_server_lr is not None and not c.fusion_server_lr > 0:

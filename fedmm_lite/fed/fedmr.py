@@ -162,8 +162,10 @@ class FedMR(IdMethod):
         self.modules = fusion.module_names(config.strategy, self.modalities)
         self.router = fusion.router_names(config.strategy)
         # frozen inputs: standardised features (downloaded once) and the training items H_u
-        self.features = {m: fusion.standardise(torch.as_tensor(np.asarray(dataset.features[m])).to(dtype))
-                         for m in self.modalities if m != "id"}                  # (n, D_m)
+        # (``feature_dim``: the first k principal components instead, a labelled option)
+        self.features = {m: fusion.standardise(fusion.reduce(
+            torch.as_tensor(np.asarray(dataset.features[m])).to(dtype), config.feature_dim))
+            for m in self.modalities if m != "id"}                               # (n, D_m)
         indptr = torch.as_tensor(np.asarray(dataset.train_indptr), dtype=torch.long)
         history = torch.zeros(dataset.n_users, dataset.n_items, dtype=torch.bool)   # (U, n)
         rows = torch.repeat_interleave(torch.arange(dataset.n_users), indptr[1:] - indptr[:-1])
@@ -236,7 +238,10 @@ class FedMR(IdMethod):
         if config.fusion_server != "sgd" or config.fusion_server_lr is not None:
             _, _, eta_s = config.step_sizes()
             if eta_s > 0:
-                mean = {m: (start[m] - server.global_[m]) / eta_s for m in self.modules}
+                # (``fusion_server_id`` False: A_id keeps the plain averaged step; it multiplies the
+                # item table, whose rows already take the backbone's item_lr)
+                stepped = [m for m in self.modules if config.fusion_server_id or m != "A_id"]
+                mean = {m: (start[m] - server.global_[m]) / eta_s for m in stepped}
                 server.global_.update(server_opt.step(
                     config.fusion_server, start, mean, server.only, config.fusion_server_step(),
                     config.fusion_server_beta1, config.fusion_server_beta2, config.fusion_server_tau))

@@ -65,6 +65,20 @@ def standardise(F: torch.Tensor) -> torch.Tensor:
     return centred / centred.norm(dim=1).mean().clamp(min=1e-12)
 
 
+def reduce(F: torch.Tensor, k: int | None) -> torch.Tensor:
+    """An option (``FedConfig.feature_dim``): the frozen features (n, D) replaced by their first k
+    principal components, (n, k): centred, then projected on the top-k right singular vectors,
+    once, on the server. Lossy (the variance beyond the k-th component is dropped), so a labelled
+    option, not FedMR itself; it cuts a mapping layer from d x D to d x k, the client's work per
+    item row and its one-off feature download in the same proportion. k None or >= D: unchanged."""
+    if k is None or k >= F.shape[1]:
+        return F
+    centred = F - F.mean(0, keepdim=True)                                       # (n, D)
+    _, _, V = torch.linalg.svd(centred.double(), full_matrices=False)           # V (min(n, D), D)
+    # F_k = (F - mean) V_k^T
+    return (centred.double() @ V[:k].T).to(F.dtype)                             # (n, k)
+
+
 def init_tensors(config, widths: dict, n_users: int, generator: torch.Generator,
                  dtype) -> tuple[dict, dict]:
     """Initial global fusion modules and private routers (U, ...), drawn on CPU from ``generator``
