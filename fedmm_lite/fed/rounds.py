@@ -153,11 +153,19 @@ class FederatedRun:
     def evaluate(self, t: int = 0) -> tuple[dict, dict]:
         """(valid, test) metrics of the current model (after round ``t``), full ranking."""
         kw = dict(ks=KS, chunk_size=self.config.eval_chunk_size, device=self.device)
+        cache = {}
+
+        def score(users):          # valid and test rank the same scores: compute each chunk once
+            key = users.cpu().numpy().tobytes()
+            if key not in cache:
+                cache[key] = self.score(users)
+            return cache[key]
+
         try:
-            test = evaluate(self.score, self.dataset, "test", **kw)
+            test = evaluate(score, self.dataset, "test", **kw)
             # the cold-item split: the held-out items' metrics join test's (metrics.evaluate_cold)
-            test.update(evaluate_cold(self.score, self.dataset, **kw))
-            return evaluate(self.score, self.dataset, "valid", **kw), test
+            test.update(evaluate_cold(score, self.dataset, **kw))
+            return evaluate(score, self.dataset, "valid", **kw), test
         except NonFiniteScores as err:      # a private tensor diverged: say so, not a traceback
             raise self._diverged(t, str(err)) from None
 
