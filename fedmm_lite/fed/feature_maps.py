@@ -21,6 +21,10 @@ During local training every client moves its own copy A_m,u, and these are the l
     of d x D_m (a chunk of 600 light clients: 2 MB instead of 300 MB), and the upload
     Delta_u = start - end = -sum_r c_r F[r]^T is formed once, at the end of the round.
 
+The kernel entries F[r] . F[j] are read from the features' Gram matrix F F^T (computed once per
+run: the features are frozen) and base[j] = A_m F[j] from F A_m^T (once per round: every chunk
+of a round starts from the same A_m), both held by the FedMR method.
+
 ``feature_maps`` picks, per chunk and modality, the kernel form while the chunk's largest |I_u|
 is at most D_m (light clients: world-full's typical client reads ~100 rows of 768-wide features)
 and the explicit form beyond (a MovieLens client with 1,133 training items reads ~1,850 rows; its

@@ -13,7 +13,11 @@ in local training (``FedMRChunk`` for the batched engine, ``FedMRClient`` for th
 evaluation (``eval_items``). In the batched engine each client's copies of the feature mappings are
 held by ``feature_maps.py`` (kernel or explicit form, both exact); a mini-batch with a router also
 reads the rows of the user's training items (Eq. (5)'s input, recomputed under the current
-parameters at every step, as the method states it).
+parameters at every step, as the method states it: ``router_input="exact"``). Two labelled
+estimates make that cheaper (``FedMRChunk``): "epoch" (H_u's summary once per local epoch, held
+fixed) and "batch" (the summary of the mini-batch's own positives); their accuracy cost is
+measured in bench/README.md. The server steps the fusion modules with ``config.fusion_server``
+(server_opt.py) and reports each global tensor's relative update per round (``server_step``).
 """
 from __future__ import annotations
 
