@@ -27,7 +27,11 @@ def _mean_relative_update(history: list) -> dict | None:
     steps = [h["server"]["relative_update"] for h in history if "relative_update" in h.get("server", {})]
     if not steps:
         return None
-    return {k: round(sum(s[k] for s in steps) / len(steps), 5) for k in steps[0]}
+    out = {}
+    for k in steps[0]:
+        values = [s[k] for s in steps if s.get(k) is not None]    # None: a tensor that was all zeros
+        out[k] = round(sum(values) / len(values), 5) if values else None
+    return out
 
 
 def main(argv=None) -> int:
