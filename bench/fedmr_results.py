@@ -1,17 +1,22 @@
-"""FedMR's results tables (issue "FedMR", item 5): vanilla versus FedMR, and FedMR's ablations.
+"""FedMR's results tables: vanilla versus FedMR, the step-size lesson, ablations, router-input
+estimates, cold items, noise, and the headroom ladder.
 
 Every configuration is one ``python -m fedmm_lite run ... --json`` in a fresh process (one torch
 thread), its JSON kept under ``--out`` (default ``bench/results/fedmr``); a configuration whose
 JSON exists is skipped, so the script resumes where it stopped. ``--table`` prints the markdown
-tables from the JSON files found.
+tables from the JSON files found (the ladder needs ``fedmr_ladder.py``'s ladder.json).
 
-    .venv/bin/python bench/fedmr_results.py --data world-full --rounds 10          # run
-    .venv/bin/python bench/fedmr_results.py --data world-full --rounds 10 --table  # tables
+    .venv/bin/python bench/fedmr_results.py --data world-full --rounds 20          # run
+    .venv/bin/python bench/fedmr_results.py --data world-full --rounds 20 --table  # tables
 
-Groups (``--only``): ``main`` (the five backbones, vanilla ID and FedMR Mix), ``strategy`` (FedAvg
-with Sum, MLP, Gate), ``modality`` (FedAvg FedMR without image, text or ID), ``noise`` (FedAvg,
-vanilla and FedMR, Gaussian noise of variance 0.1 on every upload, as the FedMR paper's Table 4).
-Test HR@50 / NDCG@50 are read at the round that validation selects.
+Groups (``--only``): ``main`` (the five backbones, vanilla ID and FedMR Mix with the tuned
+defaults), ``lesson`` (FedAvg + Mix and + Mix without ID under plain server averaging of the
+fusion modules, the previous default), ``strategy`` (FedAvg with Sum, MLP, Gate), ``modality``
+(FedAvg FedMR without image, text or ID), ``estimate`` (FedAvg + Mix with the router input
+estimated per epoch or from the batch), ``cold`` (vanilla and FedMR Mix with 20% of the items
+held out of training, ``--cold-backbones``), ``noise`` (FedAvg, vanilla and FedMR, Gaussian noise
+of variance 0.1 on every upload, the FedMR paper's Table 4). Test HR@50 / NDCG@50 are read at the
+round that validation selects; one standard error is binomial over the test users.
 """
 from __future__ import annotations
 
@@ -24,30 +29,45 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
+
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 NOISE = f"gaussian:{math.sqrt(0.1):.4f}"          # the paper's variance 0.1
+COLD = "0.2"
+PLAIN = ["--fusion-server", "sgd"]                 # the fusion modules averaged plainly (old default)
+GROUPS = "main,lesson,strategy,modality,estimate,cold,noise"
 
 
-def configurations(only: set) -> list[tuple[str, str, list]]:
+def configurations(only: set, cold_backbones=("fedavg",)) -> list[tuple[str, str, list]]:
     """(group, label, extra run arguments), in the order they run."""
     runs = []
+    mr = ["--method", "fedmr"]
     if "main" in only:
         for b in BACKBONES:
-            runs.append(("main", f"{b}-fedmr-mix", ["--backbone", b, "--method", "fedmr"]))
+            runs.append(("main", f"{b}-fedmr-mix", ["--backbone", b, *mr]))
             runs.append(("main", f"{b}-id", ["--backbone", b, "--method", "id"]))
+    if "lesson" in only:
+        runs.append(("lesson", "fedavg-fedmr-mix-plain", ["--backbone", "fedavg", *mr, *PLAIN]))
+        runs.append(("lesson", "fedavg-fedmr-no-id-plain", ["--backbone", "fedavg", *mr, *PLAIN,
+                                                            "--modalities", "text,image"]))
     if "strategy" in only:
         for s in ("sum", "mlp", "gate"):
-            runs.append(("strategy", f"fedavg-fedmr-{s}",
-                         ["--backbone", "fedavg", "--method", "fedmr", "--strategy", s]))
+            runs.append(("strategy", f"fedavg-fedmr-{s}", ["--backbone", "fedavg", *mr, "--strategy", s]))
     if "modality" in only:
         for dropped, kept in (("image", "id,text"), ("text", "id,image"), ("id", "text,image")):
             runs.append(("modality", f"fedavg-fedmr-no-{dropped}",
-                         ["--backbone", "fedavg", "--method", "fedmr", "--modalities", kept]))
+                         ["--backbone", "fedavg", *mr, "--modalities", kept]))
+    if "estimate" in only:
+        for estimate in ("epoch", "batch"):
+            runs.append(("estimate", f"fedavg-fedmr-mix-{estimate}",
+                         ["--backbone", "fedavg", *mr, "--router-input", estimate]))
+    if "cold" in only:
+        for b in cold_backbones:
+            runs.append(("cold", f"{b}-id-cold", ["--backbone", b, "--method", "id", "--cold-items", COLD]))
+            runs.append(("cold", f"{b}-fedmr-mix-cold", ["--backbone", b, *mr, "--cold-items", COLD]))
     if "noise" in only:
-        runs.append(("noise", "fedavg-id-noise", ["--backbone", "fedavg", "--method", "id",
-                                                  "--noise", NOISE]))
-        runs.append(("noise", "fedavg-fedmr-mix-noise", ["--backbone", "fedavg", "--method", "fedmr",
-                                                         "--noise", NOISE]))
+        runs.append(("noise", "fedavg-id-noise", ["--backbone", "fedavg", "--method", "id", "--noise", NOISE]))
+        runs.append(("noise", "fedavg-fedmr-mix-noise", ["--backbone", "fedavg", *mr, "--noise", NOISE]))
     return runs
 
 
@@ -56,16 +76,18 @@ def run_all(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     wanted = set(args.labels.split(",")) if args.labels else None
-    for group, label, extra in configurations(set(args.only.split(","))):
+    extra = ["--router-input", args.router_input] if args.router_input else []
+    for group, label, run_args in configurations(set(args.only.split(",")), args.cold_backbones.split(",")):
         if wanted is not None and label not in wanted:
             continue
         path = out / f"{label}-r{args.rounds}.json"
         if path.exists():
             print(f"[fedmr_results] {label}: done already ({path})", file=sys.stderr)
             continue
+        fedmr_extra = extra if "fedmr" in run_args and "--router-input" not in run_args else []
         cmd = [sys.executable, "-m", "fedmm_lite", "run", "--data", args.data, "--rounds",
                str(args.rounds), "--seed", str(args.seed), "--device", "cpu", "--json", str(path),
-               *extra]
+               *run_args, *fedmr_extra]
         print(f"[fedmr_results] {label}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         start = time.perf_counter()
         done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
@@ -78,50 +100,109 @@ def _load(out: Path, label: str, rounds: int) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _se(result: dict) -> float:
+    hr, users = result["test"]["hr@50"], result["dataset"]["users"]
+    return math.sqrt(hr * (1 - hr) / users)
+
+
 def _cell(result: dict | None) -> str:
     if result is None:
-        return "not run | | |"
+        return "not run | | | |"
     test = result["test"]
-    return (f"{test['hr@50']:.4f} | {test['ndcg@50']:.4f} | {result['best_round']} | "
+    return (f"{test['hr@50']:.4f} | {_se(result):.4f} | {test['ndcg@50']:.4f} | {result['best_round']} | "
             f"{result.get('train_seconds', float('nan')):.0f}")
+
+
+def _relative(result: dict, names=("Q", "A_id", "A_text", "A_image", "M_W1", "G_image")) -> str:
+    steps = [h["server"]["relative_update"] for h in result["history"]
+             if "relative_update" in h.get("server", {})]
+    cells = []
+    for name in names:
+        values = [s[name] for s in steps if s.get(name) is not None]
+        cells.append(f"{sum(values) / len(values):.2e}" if values else "-")
+    return " | ".join(cells)
 
 
 def tables(args) -> str:
     out = Path(args.out) / args.data
-    lines = [f"### {args.data}, {args.rounds} rounds, seed {args.seed} (test at the validation-selected round)",
-             "", "| backbone | vanilla HR@50 | NDCG@50 | round | train s | FedMR Mix HR@50 | NDCG@50 | round | train s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    r = args.rounds
+    head = "| HR@50 | SE | NDCG@50 | round | train s |"
+    lines = [f"### {args.data}, {r} rounds, seed {args.seed} (test at the validation-selected round)",
+             "", f"| backbone {head} FedMR Mix {head} change / SE |".replace("| |", "|"),
+             "|---|" + "---:|" * 11]
     for b in BACKBONES:
-        lines.append(f"| {b} | {_cell(_load(out, f'{b}-id', args.rounds))} | "
-                     f"{_cell(_load(out, f'{b}-fedmr-mix', args.rounds))} |")
-    lines += ["", "| FedAvg + FedMR variant | HR@50 | NDCG@50 | round | train s |", "|---|---:|---:|---:|---:|"]
-    for label in ("fedavg-fedmr-mix", "fedavg-fedmr-sum", "fedavg-fedmr-mlp", "fedavg-fedmr-gate",
+        a, m = _load(out, f"{b}-id", r), _load(out, f"{b}-fedmr-mix", r)
+        change = (f"{(m['test']['hr@50'] - a['test']['hr@50']) / _se(a):+.1f}" if a and m else "")
+        lines.append(f"| {b} | {_cell(a)} | {_cell(m)} | {change} |")
+    lines += ["", f"| FedAvg + FedMR variant {head}", "|---|---:|---:|---:|---:|---:|"]
+    for label in ("fedavg-fedmr-mix", "fedavg-fedmr-mix-plain", "fedavg-fedmr-mix-epoch",
+                  "fedavg-fedmr-mix-batch", "fedavg-fedmr-sum", "fedavg-fedmr-mlp", "fedavg-fedmr-gate",
                   "fedavg-fedmr-no-image", "fedavg-fedmr-no-text", "fedavg-fedmr-no-id",
-                  "fedavg-id", "fedavg-id-noise", "fedavg-fedmr-mix-noise"):
-        lines.append(f"| {label} | {_cell(_load(out, label, args.rounds))} |")
-    planted = []
-    for b in BACKBONES:
-        result = _load(out, f"{b}-fedmr-mix", args.rounds)
-        if result and result.get("planted"):
-            planted.append((b, result["planted"]))
+                  "fedavg-fedmr-no-id-plain", "fedavg-id", "fedavg-id-noise", "fedavg-fedmr-mix-noise"):
+        lines.append(f"| {label} | {_cell(_load(out, label, r))} |")
+    lesson = [(label, _load(out, label, r)) for label in
+              ("fedavg-fedmr-mix-plain", "fedavg-fedmr-mix", "fedavg-fedmr-no-id-plain", "fedavg-fedmr-no-id")]
+    if any(res for _, res in lesson):
+        lines += ["", "Mean over rounds of ||theta_t - theta_{t-1}|| / ||theta_{t-1}||:", "",
+                  "| run | Q | A_id | A_text | A_image | M_W1 | G_image |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {label} | {_relative(res)} |" for label, res in lesson if res]
+    cold = [(b, _load(out, f"{b}-id-cold", r), _load(out, f"{b}-fedmr-mix-cold", r)) for b in BACKBONES]
+    cold = [c for c in cold if c[1] or c[2]]
+    if cold:
+        lines += ["", f"Cold items ({float(COLD):.0%} of the items held out of training):", "",
+                  "| run | warm HR@50 | cold users | cold HR@10 among cold | random | cold HR@50 among cold "
+                  "| random | cold HR@50 among all |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for b, a, m in cold:
+            for label, res in ((f"{b} ID", a), (f"{b} FedMR Mix", m)):
+                if res:
+                    t = res["test"]
+                    lines.append(f"| {label} | {t['hr@50']:.4f} | {t['cold_users']} | {t['cold_hr@10']:.4f} | "
+                                 f"{t['cold_random_hr@10']:.4f} | {t['cold_hr@50']:.4f} | "
+                                 f"{t['cold_random_hr@50']:.4f} | {t['cold_all_hr@50']:.4f} |")
+    planted = [(b, res["planted"]) for b in BACKBONES
+               if (res := _load(out, f"{b}-fedmr-mix", r)) and res.get("planted")]
     if planted:
         lines += ["", "| backbone | planted group (modality) | users | pi_sum | pi_mlp | pi_gate |",
                   "|---|---|---:|---:|---:|---:|"]
         for b, groups in planted:
             for name, g in groups.items():
-                lines.append(f"| {b} | {name} ({g['modality']}) | {g['users']} | "
-                             f"{g.get('sum', float('nan')):.3f} | {g.get('mlp', float('nan')):.3f} | "
-                             f"{g.get('gate', float('nan')):.3f} |")
+                lines.append(f"| {b} | {name} ({g['modality']}) | {g['users']} | {g.get('sum', math.nan):.3f} | "
+                             f"{g.get('mlp', math.nan):.3f} | {g.get('gate', math.nan):.3f} |")
+    lines += ["", ladder(out, r)]
     return "\n".join(lines)
+
+
+def ladder(out: Path, rounds: int) -> str:
+    """The headroom ladder: ladder.json's fixed rungs and this script's federated runs."""
+    from fedmm_lite import headroom
+
+    path = out / "ladder.json"
+    if not path.exists():
+        return "(no ladder.json: run bench/fedmr_ladder.py)"
+    fixed = json.loads(path.read_text())
+    rows = list(fixed["rows"])
+    for b in BACKBONES:
+        for label, kind, name in ((f"{b}-id", "federated ID", f"federated {b}"),
+                                  (f"{b}-fedmr-mix", "federated FedMR", f"federated {b} + FedMR Mix")):
+            res = _load(out, label, rounds)
+            if res:
+                rows.append(headroom.run_rung(name, kind, res, fixed["users"]))
+    table = headroom.ladder_table(rows)
+    keep = ["kind", "test HR@50", "SE", "test NDCG@50", "valid HR@50"] + (
+        ["gap closed"] if "gap closed" in table.columns else [])
+    return table[keep].round(4).to_markdown()
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="world-full")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", default="main,strategy,modality,noise")
+    p.add_argument("--only", default=GROUPS)
     p.add_argument("--labels", default="", help="comma list: run only these configurations")
+    p.add_argument("--cold-backbones", default="fedavg", help="comma list of backbones for 'cold'")
+    p.add_argument("--router-input", default=None, choices=("exact", "epoch", "batch"),
+                   help="FedMR's router input for every FedMR run (default: exact)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "fedmr"))
     p.add_argument("--table", action="store_true", help="print the tables from the JSON files")
     args = p.parse_args(argv)

@@ -75,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gfmfr-ablation", default=None,
                    choices=("none", "random-group", "single-group", "multiple-agg"),
                    help="GFMFR: an ablation of the paper (default none)")
+    p.add_argument("--router-input", default=None, choices=("exact", "epoch", "batch"),
+                   help="FedMR: Eq. (5)'s router input in training: exact (default), or an estimate: "
+                        "once per local epoch, or the mini-batch's positives")
+    p.add_argument("--feature-dim", type=int, default=None,
+                   help="FedMR: reduce each modality's features to this many principal components "
+                        "(a labelled option; default: the encoder's features)")
+    p.add_argument("--fusion-lr", type=float, default=None,
+                   help="FedMR: client step of the global fusion modules (default: tuned)")
+    p.add_argument("--fusion-server", default=None, choices=("sgd", "momentum", "adam"),
+                   help="FedMR: server optimiser of the fusion modules (default: tuned)")
+    p.add_argument("--fusion-server-lr", type=float, default=None,
+                   help="FedMR: step of that server optimiser (default: tuned)")
+    p.add_argument("--cold-items", type=float, default=None,
+                   help="hold this fraction of the items out of training and report them apart "
+                        "(cold_* keys of test)")
     p.add_argument("--ratio-cap", type=float, default=None,
                    help="GFMFR: cap on the loss ratio L_rec / L_dis, so lambda_t <= cap (default 0.03)")
     p.add_argument("--noise", default="none",

@@ -31,12 +31,16 @@ MODALITIES = ("id", "text", "image")
 # that uses the option (_OPTION_METHODS).
 _MULTIMODAL_DEFAULTS = {"strategy": "mix", "modalities": "id,text,image", "groups": None, "encoder": None,
                         "grouping": None, "lambda_schedule": None, "gfmfr_ablation": None,
-                        "ratio_cap": None}
+                        "ratio_cap": None, "router_input": None, "fusion_lr": None,
+                        "fusion_server": None, "fusion_server_lr": None, "feature_dim": None}
 _OPTION_METHODS = {"strategy": ("fedmr",), "modalities": ("fedmr",), "groups": ("gfmfr",),
                    "grouping": ("gfmfr",), "lambda_schedule": ("gfmfr",), "gfmfr_ablation": ("gfmfr",),
                    "ratio_cap": ("gfmfr",),
-                   "encoder": ("fedmr", "gfmfr")}
+                   "encoder": ("fedmr", "gfmfr"), "router_input": ("fedmr",), "fusion_lr": ("fedmr",),
+                   "fusion_server": ("fedmr",), "fusion_server_lr": ("fedmr",),
+                   "feature_dim": ("fedmr",)}
 _GFMFR_OPTIONS = ("groups", "grouping", "lambda_schedule", "gfmfr_ablation", "ratio_cap")
+_FEDMR_OPTIONS = ("router_input", "fusion_lr", "fusion_server", "fusion_server_lr", "feature_dim")
 _DP_OPTIONS = ("dp", "clip", "noise_multiplier", "delta", "target_epsilon")
 
 
@@ -127,6 +131,8 @@ def build_config(args, **extra):
         overrides["strategy"] = getattr(args, "strategy", None) or "mix"
         modalities = getattr(args, "modalities", None) or "id,text,image"
         overrides["modalities"] = tuple(m.strip() for m in modalities.split(","))
+        overrides.update({name: getattr(args, name) for name in _FEDMR_OPTIONS
+                          if getattr(args, name, None) is not None})
     if overrides["method"] == "gfmfr":
         overrides.update({name: getattr(args, name) for name in _GFMFR_OPTIONS
                           if getattr(args, name, None) is not None})
@@ -248,16 +254,27 @@ def summary_line(out: dict, target) -> str:
             f"NDCG@50 {out['test']['ndcg@50']:.4f}{spent}; {out['seconds']:.1f} s; JSON in {target}")
 
 
+def _cold_fraction(args) -> float:
+    """``--cold-items``, checked before any data is loaded (0 without it)."""
+    value = getattr(args, "cold_items", None)
+    if value is None:
+        return 0.0
+    if not 0.0 < value < 1.0:
+        raise OptionError(f"--cold-items {value}: a fraction of the items, strictly between 0 and 1")
+    return float(value)
+
+
 def cmd_run(args) -> int:
     """``python -m fedmm_lite run``: train and evaluate one configuration, print one JSON object."""
     json_path = check_run_options(args)
     config = build_config(args)        # validates the numbers and --noise: nothing loaded yet
+    _cold_fraction(args)
 
     from .config import resolve_device
     from .data import load_dataset
     from .resources import PeakMemory
 
-    dataset = load_dataset(args.data, seed=args.seed)
+    dataset = load_dataset(args.data, seed=args.seed, cold_fraction=_cold_fraction(args))
     encode_for(args, config, dataset)
     with PeakMemory(resolve_device(config.device)) as memory:
         result = _run(dataset, config)

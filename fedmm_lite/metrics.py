@@ -292,3 +292,62 @@ def sampled_evaluate(score_fn: ScoreFn, dataset: Dataset, split: str = "test",
         ranks.append(target_ranks(cand_scores, zeros, no_mask))
     metrics = hr_ndcg(torch.cat(ranks).cpu(), [k])
     return {f"{name}_sampled": value for name, value in metrics.items()}
+
+
+@torch.no_grad()
+def evaluate_cold(score_fn: ScoreFn, dataset: Dataset, ks: Iterable[int] = (10, 20, 50),
+                  chunk_size: int = 1024, device: str | torch.device = "cpu") -> dict:
+    """The cold-item protocol (``split.build_dataset``'s ``cold_fraction``). Every user with a cold
+    test item (its newest interaction with an item held out of training) ranks it, full ranking,
+    ties against the target:
+
+    - among the cold items: candidates are the cold items except the user's other cold
+      interactions; keys ``cold_hr@K``, ``cold_ndcg@K``, and ``cold_random_hr@K``, the expected
+      HR@K of a random ranker among the same candidates (an ID model, whose cold rows never
+      trained, ranks there at chance);
+    - among all items: candidates are all items except the user's training items, its warm
+      validation and test items and its other cold interactions; ``cold_all_hr@K``,
+      ``cold_all_ndcg@K``;
+    and ``cold_users``, how many users were ranked. Empty without a cold split."""
+    if getattr(dataset, "cold_items", None) is None:
+        return {}
+    ks = _check_ks(ks)
+    device = torch.device(device)
+    n = dataset.n_items
+    cold_test = torch.as_tensor(dataset.cold_test_items, dtype=torch.long, device=device)    # (U,)
+    users_all = torch.nonzero(cold_test >= 0).flatten()                                       # (m,)
+    if users_all.numel() == 0:
+        return {"cold_users": 0}
+    is_cold = torch.zeros(n, dtype=torch.bool, device=device)
+    is_cold[torch.as_tensor(dataset.cold_items, dtype=torch.long, device=device)] = True
+    indptr = torch.as_tensor(dataset.train_indptr, dtype=torch.long, device=device)
+    indices = torch.as_tensor(dataset.train_indices, dtype=torch.long, device=device)
+    cold_ptr = torch.as_tensor(dataset.cold_indptr, dtype=torch.long, device=device)
+    cold_idx = torch.as_tensor(dataset.cold_indices, dtype=torch.long, device=device)
+    valid = torch.as_tensor(dataset.valid_items, dtype=torch.long, device=device)
+    test = torch.as_tensor(dataset.test_items, dtype=torch.long, device=device)
+    among_cold, among_all = [], []
+    for lo in range(0, users_all.shape[0], chunk_size):
+        chunk = users_all[lo:lo + chunk_size]                                      # (c,)
+        c = chunk.shape[0]
+        scores = score_fn(chunk).to(device)                                        # (c, n)
+        if not bool(torch.isfinite(scores).all()):
+            raise NonFiniteScores("scores are NaN or infinite on the cold items")
+        mask = _chunk_exclusion_mask(chunk, indptr, indices, valid[chunk], n)      # (c, n)
+        rows = torch.arange(c, device=device)
+        mask[rows, test[chunk]] = True
+        # the user's cold interactions (the target itself is never counted by target_ranks)
+        mask |= _chunk_exclusion_mask(chunk, cold_ptr, cold_idx, cold_test[chunk], n)
+        targets = cold_test[chunk]
+        among_all.append(target_ranks(scores, targets, mask))
+        among_cold.append(target_ranks(scores, targets, mask | ~is_cold.unsqueeze(0)))
+    out = {"cold_users": int(users_all.shape[0])}
+    for prefix, ranks in (("cold_", among_cold), ("cold_all_", among_all)):
+        out.update({prefix + k: v for k, v in hr_ndcg(torch.cat(ranks).cpu(), ks).items()})
+    # a random ranker among the cold candidates: N_u = n_cold - (the user's cold interactions - 1)
+    per_user = (cold_ptr[1:] - cold_ptr[:-1])[users_all].cpu().numpy()            # (m,)
+    n_cold = len(dataset.cold_items)
+    for k in ks:
+        out[f"cold_random_hr@{k}"] = float(np.mean([random_expectation(int(n_cold - p + 1), k)
+                                                    for p in per_user]))
+    return out

@@ -12,7 +12,11 @@ a model, except the explorer widget's callback, and only when its button is clic
   inputs after FedMR's mapping layers (Eq. (1): h_m = A_m x_m, all in R^d), for the global ID view
   or one user's personalised view (FedRAP: D_u + C), their pairwise modality gaps, the mean
   cosine of each item's vectors in two sets (``matched_cosines``) and a UMAP;
-- ``explorer``: an ipywidgets panel (backbone, strategy, modalities -> a quick run and its plots).
+- ``explorer``: an ipywidgets panel (backbone, strategy, modalities -> a quick run and its plots);
+- ``ladder_figure``: the headroom ladder (``headroom.ladder_table``) as bars with one standard error;
+- ``relative_update_table`` / ``relative_update_figure``: how far each round moved each global
+  tensor, relative to its size (the server step's diagnostic, fedmr.py): the step-size lesson;
+- ``cold_table``: the cold-item metrics of runs on a cold-item split (``metrics.evaluate_cold``).
 """
 from __future__ import annotations
 
@@ -34,19 +38,24 @@ GLOBAL_ID_TABLE = {"fedavg": "Q", "fcf": "Q", "fedncf": "Q_gmf", "pfedrec": "E",
 
 # ------------------------------------------------------------------------------------ run tables
 def vanilla_vs_fedmr_table(vanilla: Mapping[str, object], fedmr: Mapping[str, object],
-                           k: int = 50) -> pd.DataFrame:
+                           k: int = 50, n_users: int | None = None) -> pd.DataFrame:
     """One row per backbone: test HR@k / NDCG@k of the backbone alone and with FedMR, each at its
-    own validation-selected round, and the change FedMR makes."""
+    own validation-selected round, and the change FedMR makes; with ``n_users`` also one binomial
+    standard error of HR@k (``headroom.standard_error``) and the change in standard errors."""
+    from .headroom import standard_error
+
     rows = {}
     for name, plain in vanilla.items():
         mm = fedmr[name]
-        rows[name] = {"round (valid) alone": plain.best_round,
-                      f"HR@{k} alone": plain.test[f"hr@{k}"],
+        a, b = plain.test[f"hr@{k}"], mm.test[f"hr@{k}"]
+        rows[name] = {"round (valid) alone": plain.best_round, f"HR@{k} alone": a,
                       f"NDCG@{k} alone": plain.test[f"ndcg@{k}"],
-                      "round (valid) FedMR": mm.best_round,
-                      f"HR@{k} FedMR": mm.test[f"hr@{k}"],
-                      f"NDCG@{k} FedMR": mm.test[f"ndcg@{k}"],
-                      f"change HR@{k}": mm.test[f"hr@{k}"] - plain.test[f"hr@{k}"]}
+                      "round (valid) FedMR": mm.best_round, f"HR@{k} FedMR": b,
+                      f"NDCG@{k} FedMR": mm.test[f"ndcg@{k}"], f"change HR@{k}": b - a}
+        if n_users:
+            se = standard_error(a, n_users)
+            rows[name][f"SE HR@{k}"] = se
+            rows[name]["change in SE"] = (b - a) / se if se > 0 else float("nan")
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -236,3 +245,69 @@ def explorer(train: Callable, backbones=("fedavg", "fcf", "fedncf", "pfedrec", "
     panel.controls = {"backbone": pick_backbone, "strategy": pick_strategy,
                       "modalities": pick_modalities, "button": button, "output": out}
     return panel
+
+
+# ------------------------------------------------------------------------ headroom, steps, cold
+LADDER_COLOURS = {"oracle": "tab:green", "popularity": "tab:grey", "central": "tab:purple",
+                  "federated ID": "tab:blue", "federated FedMR": "tab:orange"}
+
+
+def ladder_figure(table: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Horizontal bars of ``headroom.ladder_table``: test HR@50 with one standard error, coloured by
+    the kind of rung (oracle, popularity, centralised, federated ID, federated FedMR)."""
+    rows = table.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    colours = [LADDER_COLOURS.get(k, "tab:cyan") for k in rows["kind"]]
+    ax.barh(range(len(rows)), rows["test HR@50"], xerr=rows["SE"], color=colours, capsize=2)
+    ax.set_yticks(range(len(rows)), rows.index, fontsize=8)
+    ax.set_xlabel("test HR@50 (+- one standard error)")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in LADDER_COLOURS.items() if k in set(rows["kind"])]
+    ax.legend(handles, [k for k in LADDER_COLOURS if k in set(rows["kind"])], fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def relative_update_table(result, tensors=None) -> pd.DataFrame:
+    """Per evaluated round (rows), ||theta_t - theta_{t-1}|| / ||theta_{t-1}|| of each global tensor
+    (columns; ``tensors`` to pick some), from the server step's diagnostics (fedmr.py)."""
+    rows = {h["round"]: h["server"]["relative_update"] for h in result.history
+            if "relative_update" in h.get("server", {})}
+    if not rows:
+        raise ValueError("relative_update_table: no FedMR server diagnostics in this run's history")
+    table = pd.DataFrame.from_dict(rows, orient="index").astype(float)
+    table.index.name = "round"
+    return table if tensors is None else table[[t for t in tensors if t in table.columns]]
+
+
+def relative_update_figure(results: Mapping[str, object], tensors=("Q", "A_id", "A_text", "A_image")) -> plt.Figure:
+    """One panel per run: the relative update of ``tensors`` per round, log scale."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.4), sharey=True, squeeze=False)
+    for ax, (name, result) in zip(axes[0], results.items()):
+        table = relative_update_table(result, tensors)
+        for column in table.columns:
+            ax.semilogy(table.index, table[column], marker="o", ms=3, label=column)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("||step|| / ||tensor|| per round")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def cold_table(results: Mapping[str, object], ks=(10, 50)) -> pd.DataFrame:
+    """One row per run on a cold-item split: its validation-selected round, warm test HR@50, and
+    the cold targets' HR@k among the cold items (next to a random ranker's) and among all items."""
+    rows = {}
+    for name, result in results.items():
+        test = result.test if not isinstance(result, dict) else result["test"]
+        best = result.best_round if not isinstance(result, dict) else result["best_round"]
+        row = {"round (valid)": best, "warm test HR@50": test["hr@50"], "cold users": test.get("cold_users")}
+        for k in ks:
+            row[f"cold HR@{k} among cold"] = test.get(f"cold_hr@{k}")
+            row[f"random HR@{k} among cold"] = test.get(f"cold_random_hr@{k}")
+        row["cold HR@50 among all"] = test.get("cold_all_hr@50")
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

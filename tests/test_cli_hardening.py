@@ -120,7 +120,9 @@ def test_importing_the_command_line_does_not_import_torch():
 def test_ctrl_c_during_start_up_is_one_line(env, delay):
     proc = subprocess.Popen([sys.executable, "-m", "fedmm_lite", "run", "--data", "world-quick",
                              "--rounds", "500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**env, "TQDM_DISABLE": "1"})
+                            text=True, env={**env, "TQDM_DISABLE": "1"},
+                            # a shell's background job inherits SIGINT ignored: a user's terminal does not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

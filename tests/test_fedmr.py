@@ -98,6 +98,23 @@ def test_fedmr_ablations_equal_per_client_loop(strategy, modalities, map_form):
     assert (batched.details["router_weights"] is None) == (strategy != "mix")
 
 
+@pytest.mark.parametrize("backbone", ["fedavg", "fedncf", "pfedrec"])
+@pytest.mark.parametrize("estimate", ["epoch", "batch"])
+def test_router_input_estimates_equal_per_client_loop_and_differ_from_exact(backbone, estimate):
+    """The labelled estimates of Eq. (5)'s input (fedmr.py) in both trainers: the same run, and
+    not the exact method (the estimate is used: routers and modules end elsewhere)."""
+    data = mm_dataset(seed=4)
+    config = mr_config(backbone, router_input=estimate, rounds=2)
+    batched = run_federated(data, config, progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
+    assert_same_run(batched, loop)
+    exact = run_federated(data, dataclasses.replace(config, router_input="exact"), progress=False)
+    moved = max(float((exact.state.global_[k] - batched.state.global_[k]).abs().max())
+                for k in batched.state.method.modules)
+    assert moved > 1e-6
+    assert (exact.state.private["r_W1"] - batched.state.private["r_W1"]).abs().max() > 1e-9
+
+
 def test_fedmr_upload_noise_reaches_module_uploads_and_matches_loop():
     data = mm_dataset(seed=2)
     config = mr_config("fedavg", noise="gaussian:0.01", rounds=2)
@@ -285,3 +302,25 @@ def test_feature_map_forms_agree_and_are_chosen_by_rows():
     for form, kind in (("kernel", feature_maps.KernelMap), ("explicit", feature_maps.ExplicitMap)):
         forced = feature_maps.feature_maps({"image": F}, {"A_image": A}, plan, ("image",), form)
         assert isinstance(forced["image"], kind)
+
+
+def test_feature_dim_keeps_the_first_principal_components():
+    """fusion.reduce: on features of rank k the k components keep every centred inner product
+    (the kernel of the items), and a wider k changes nothing; FedMR then maps k-wide features."""
+    gen = torch.Generator().manual_seed(0)
+    low = torch.randn(30, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 10, generator=gen,
+                                                                                dtype=torch.float64)
+    F = low + torch.randn(10, generator=gen, dtype=torch.float64)          # rank 3 plus a mean
+    reduced = fusion.reduce(F, 3)
+    centred = F - F.mean(0)
+    assert reduced.shape == (30, 3)
+    assert torch.allclose(reduced @ reduced.T, centred @ centred.T, atol=1e-9)
+    assert fusion.reduce(F, 10) is F and fusion.reduce(F, None) is F
+    two = fusion.reduce(F, 2)
+    assert not torch.allclose(two @ two.T, centred @ centred.T, atol=1e-3)  # lossy below the rank
+    data = mm_dataset(seed=11)
+    config = mr_config("fedavg", feature_dim=4, rounds=1)
+    result = run_federated(data, config, progress=False)
+    assert result.state.global_["A_image"].shape == (8, 4) and result.state.global_["A_text"].shape == (8, 4)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
+    assert_same_run(result, loop)

@@ -61,3 +61,29 @@ def test_fedmr_bad_options_one_line(env, extra, option):
         assert option in one_error_line(proc)
     else:    # argparse refuses --strategy choices itself (status 2 too, its own usage line)
         pytest.fail(proc.stderr[-2000:])
+
+
+def test_fedmr_training_options_and_cold_items_reach_the_run(env):
+    r = run_json(env, "--router-input", "epoch", "--fusion-server", "adam", "--fusion-server-lr",
+                 "0.01", "--fusion-lr", "0.5", "--cold-items", "0.2")
+    c = r["config"]
+    assert (c["router_input"], c["fusion_server"], c["fusion_server_lr"], c["fusion_lr"]) == (
+        "epoch", "adam", 0.01, 0.5)
+    assert r["dataset"]["cold_items"] == round(0.2 * r["dataset"]["items"])
+    assert 0 < r["test"]["cold_users"] <= r["dataset"]["users"]
+    for key in ("cold_hr@10", "cold_all_hr@50", "cold_random_hr@10"):
+        assert 0.0 <= r["test"][key] <= 1.0, key
+    assert "relative_update" in r["history"][-1]["server"]
+
+
+@pytest.mark.parametrize("extra,option", [(["--fusion-lr", "0.5"], "--fusion-lr"),
+                                          (["--fusion-server", "adam"], "--fusion-server"),
+                                          (["--router-input", "batch"], "--router-input")])
+def test_fedmr_training_options_refused_for_the_id_method(env, extra, option):
+    proc = cli(env, "run", "--data", "world-quick", "--method", "id", "--rounds", "0", *extra)
+    assert proc.returncode == 2 and option in one_error_line(proc)
+
+
+def test_cold_items_out_of_range_is_one_line(env):
+    proc = cli(env, "run", "--data", "world-quick", "--rounds", "0", "--cold-items", "1")
+    assert proc.returncode == 2 and "--cold-items" in one_error_line(proc)

@@ -21,6 +21,7 @@ class LoadReport:
     duplicate_interactions_removed: int = 0
     users_dropped_too_few: int = 0      # fewer than ``min_user_interactions`` (after k-core)
     users_dropped_kcore: int = 0
+    users_dropped_cold: int = 0          # cold-item split: fewer than the minimum of warm interactions
     items_dropped_kcore: int = 0
     items_without_interactions: int = 0  # listed in items.csv, never interacted with: dropped
     missing_images: list[str] = field(default_factory=list)     # item ids: no image given / file absent
@@ -33,6 +34,7 @@ class LoadReport:
             "duplicate_interactions_removed": self.duplicate_interactions_removed,
             "users_dropped_too_few": self.users_dropped_too_few,
             "users_dropped_kcore": self.users_dropped_kcore,
+            "users_dropped_cold": self.users_dropped_cold,
             "items_dropped_kcore": self.items_dropped_kcore,
             "items_without_interactions": self.items_without_interactions,
             "missing_images": len(self.missing_images),
@@ -63,6 +65,11 @@ class Dataset:
     features: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (n, D) float32
     feature_encoder: str | None = None   # tag of the encoder that produced ``features``
     ground_truth: dict | None = None     # planted structure (world only), see data/world.py
+    # cold-item split (split.py, ``cold_fraction``): items held out of training entirely
+    cold_items: np.ndarray | None = None     # (n_cold,) sorted item indices; None = no cold split
+    cold_indptr: np.ndarray | None = None    # (U+1,) each user's interactions with cold items ...
+    cold_indices: np.ndarray | None = None   # (nnz_cold,) ... oldest first
+    cold_test_items: np.ndarray | None = None  # (U,) the newest of them (-1: the user has none)
     report: LoadReport = field(default_factory=LoadReport)
 
     @property
@@ -92,7 +99,8 @@ class Dataset:
 
     def stats(self) -> dict:
         """Statistics in the papers' format (users, items, interactions, sparsity)."""
-        interactions = self.n_train + 2 * self.n_users
+        interactions = self.n_train + 2 * self.n_users + (0 if self.cold_indices is None
+                                                          else len(self.cold_indices))
         return {
             "name": self.name,
             "users": self.n_users,
@@ -103,6 +111,9 @@ class Dataset:
             "train_per_user_max": int(self.train_sizes.max()) if self.n_users else 0,
             "missing_images": len(self.report.missing_images) + len(self.report.unreadable_images),
             "missing_titles": len(self.report.missing_titles),
+            **({} if self.cold_items is None else {
+                "cold_items": int(len(self.cold_items)),
+                "cold_test_users": int((self.cold_test_items >= 0).sum())}),
             "report": self.report.as_dict(),
         }
 

@@ -1,4 +1,5 @@
-"""Training negatives: uniform over the items NOT in the user's training set, redrawn every call.
+"""Training negatives: uniform over the items NOT in the user's training set, redrawn every call
+(under the cold-item split, not among the cold items either).
 
 book/methods.md, "Protocol": negatives are drawn uniformly at random from the items a user has not
 trained on (the user's held-out validation and test items may be drawn: a client cannot know its
@@ -35,6 +36,19 @@ class NegativeSampler:
         items = torch.as_tensor(dataset.train_indices, dtype=torch.int64)    # (nnz,)
         sizes = indptr[1:] - indptr[:-1]                                     # (U,)
         owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)     # (nnz,)
+        cold = getattr(dataset, "cold_items", None)
+        if cold is not None and len(cold):
+            # the cold-item split: cold items are never drawn either (held out of training
+            # entirely), so they join every user's excluded set
+            cold = torch.as_tensor(cold, dtype=torch.int64)
+            U = len(sizes)
+            keys = torch.unique(torch.cat([owner * n + items,
+                                           torch.arange(U).repeat_interleave(len(cold)) * n
+                                           + cold.repeat(U)]))               # sorted
+            owner, items = keys // n, keys % n
+            sizes = torch.bincount(owner, minlength=U)
+            indptr = torch.zeros(U + 1, dtype=torch.int64)
+            indptr[1:] = torch.cumsum(sizes, 0)
         # keys u * n + i of the training pairs, sorted (CSR order already is; sort to be safe)
         self.keys = torch.sort(owner * n + items).values.to(self.device)     # (nnz,)
         # inversion table: before the j-th training item t_j of a user (0-based, sorted) lie

@@ -65,19 +65,21 @@ def _align_ground_truth(truth: dict, dataset: Dataset, source: Path) -> dict:
 
 
 def _build(folder: Path, min_user_interactions: int | None, k_core: int | None, default_k_core: int,
-           name: str) -> Dataset:
-    """read_folder + build_dataset with the source's defaults for the options left as None."""
+           name: str, cold: tuple = (0.0, 0)) -> Dataset:
+    """read_folder + build_dataset with the source's defaults for the options left as None;
+    ``cold`` (fraction, seed) of the cold-item split."""
     return build_dataset(read_folder(folder),
                          min_user_interactions=3 if min_user_interactions is None else min_user_interactions,
-                         k_core=default_k_core if k_core is None else k_core, name=name)
+                         k_core=default_k_core if k_core is None else k_core, name=name,
+                         cold_fraction=cold[0], cold_seed=cold[1])
 
 
 def _load_world(preset: str, seed: int, min_user_interactions: int | None,
-                k_core: int | None) -> Dataset:
+                k_core: int | None, cold: tuple = (0.0, 0)) -> Dataset:
     from .world import ensure_world, load_ground_truth
 
     folder = Path(ensure_world(preset, seed=seed))
-    dataset = _build(folder, min_user_interactions, k_core, 0, f"world-{preset}")
+    dataset = _build(folder, min_user_interactions, k_core, 0, f"world-{preset}", cold)
     dataset.ground_truth = _align_ground_truth(load_ground_truth(folder), dataset, folder)
     return dataset
 
@@ -140,22 +142,25 @@ def _dataset_folder_in(folder: Path) -> Path:
 
 
 def load_dataset(source: str | os.PathLike, *, seed: int = 0, min_user_interactions: int | None = None,
-                 k_core: int | None = None) -> Dataset:
+                 k_core: int | None = None, cold_fraction: float = 0.0) -> Dataset:
     """Load a preset (``PRESETS``) or a dataset folder as a leave-one-out ``Dataset``.
 
     ``min_user_interactions`` and ``k_core`` default to 3 and 0 (world, folders) or to the 5-core of
     ``movielens-posters``. ``seed`` selects the generated world; it does not affect other sources.
+    ``cold_fraction`` > 0 holds that fraction of the items out of training entirely (the cold-item
+    split, ``split.build_dataset``; which items: drawn with ``seed``).
     """
     name = os.fspath(source)
+    cold = (float(cold_fraction), int(seed))
     if name == "world":
         name = "world-quick" if quick_mode() else "world-full"
     if name in PRESETS and name.startswith("world-"):
-        return _load_world(name[len("world-"):], seed, min_user_interactions, k_core)
+        return _load_world(name[len("world-"):], seed, min_user_interactions, k_core, cold)
     if name == "movielens-posters":
-        return _build(_movielens_folder(), min_user_interactions, k_core, MOVIELENS_K_CORE, name)
+        return _build(_movielens_folder(), min_user_interactions, k_core, MOVIELENS_K_CORE, name, cold)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _build(path, min_user_interactions, k_core, 0, path.resolve().name)
+        return _build(path, min_user_interactions, k_core, 0, path.resolve().name, cold)
     if path.exists():
         raise DatasetError(f"{path}: not a folder (a dataset folder holds interactions.csv and items.csv)")
     raise DatasetError(f"unknown dataset '{name}': not a preset ({', '.join(PRESETS)}) and not an "

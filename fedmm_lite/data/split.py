@@ -83,18 +83,22 @@ def _empty_message(name: str, report: LoadReport, k_core: int, min_user: int, n_
 
 
 def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int = 0,
-                  check_images: bool = True, name: str | None = None) -> Dataset:
+                  check_images: bool = True, name: str | None = None, cold_fraction: float = 0.0,
+                  cold_seed: int = 0) -> Dataset:
     """Filter ``raw`` and split it leave-one-out by timestamp (book/methods.md, "Protocol").
 
     ``min_user_interactions`` must be at least 3 (one train, one validation, one test item).
     ``check_images=False`` skips decoding image files (absent files are still counted as missing).
-    Raises ``DatasetError`` when no user is left, saying which filter removed what.
+    ``cold_fraction`` > 0: the cold-item split (``_cold_split``). Raises ``DatasetError`` when no
+    user is left, saying which filter removed what.
     """
     if min_user_interactions < 3:
         raise OptionError(f"min_user_interactions={min_user_interactions}: leave-one-out needs at least "
                           f"3 interactions per user (train, validation, test)")
     if k_core < 0:
         raise OptionError(f"k_core={k_core}: must be 0 (off) or a positive count")
+    if not 0.0 <= cold_fraction < 1.0:
+        raise OptionError(f"--cold-items {cold_fraction}: a fraction of the items in [0, 1)")
     name = name or raw.root.name
     report = LoadReport(interactions_read=len(raw.interactions))
 
@@ -130,6 +134,11 @@ def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int =
     report.items_without_interactions = len(raw.items) - len(item_ids) - report.items_dropped_kcore
     user_index = pd.Index(user_ids).get_indexer(np.asarray(user_uniques)[user_code])  # (nnz,)
     item_index = pd.Index(item_ids).get_indexer(np.asarray(item_uniques)[item_code])  # (nnz,)
+    cold = None
+    if cold_fraction > 0:
+        user_ids, user_index, item_index, timestamp, cold = _cold_split(
+            user_ids, user_index, item_index, timestamp, len(item_ids), cold_fraction, cold_seed,
+            min_user_interactions, report, name)
     n_users = len(user_ids)
 
     # 6. leave-one-out: sort by (user, timestamp, item); the last entry of a user is its test item
@@ -161,6 +170,53 @@ def build_dataset(raw: RawData, *, min_user_interactions: int = 3, k_core: int =
             report.unreadable_images.append(item)
         image_paths.append(raw.root / image if status == "ok" else None)
 
-    return Dataset(name=name, user_ids=user_ids, item_ids=item_ids, titles=titles,
-                   image_paths=image_paths, train_indptr=train_indptr, train_indices=train_indices,
-                   valid_items=valid_items, test_items=test_items, root=raw.root, report=report)
+    dataset = Dataset(name=name, user_ids=user_ids, item_ids=item_ids, titles=titles,
+                      image_paths=image_paths, train_indptr=train_indptr, train_indices=train_indices,
+                      valid_items=valid_items, test_items=test_items, root=raw.root, report=report)
+    if cold is not None:
+        dataset.cold_items, dataset.cold_indptr, dataset.cold_indices, dataset.cold_test_items = cold
+    return dataset
+
+
+def _cold_split(user_ids, user_index, item_index, timestamp, n_items: int, fraction: float, seed: int,
+                min_user: int, report: LoadReport, name: str):
+    """The cold-item split: round(fraction n) items, drawn uniformly with ``seed``, are held out of
+    training entirely (never a positive, never a negative: ``NegativeSampler`` skips them).
+    Their interactions become each user's cold targets: the newest one is the user's cold test
+    item (``Dataset.cold_test_items``, -1 for a user without one), all of them are kept apart
+    (``cold_indptr``/``cold_indices``). The usual leave-one-out split then runs on the other
+    (warm) interactions; a user left with fewer than ``min_user`` warm ones is dropped (counted
+    in ``report.users_dropped_cold``). Returns the kept user ids, the warm interactions and
+    (cold items, cold CSR, cold test items)."""
+    k = int(round(fraction * n_items))
+    if not 0 < k < n_items:
+        raise OptionError(f"--cold-items {fraction}: holds out {k} of {n_items} items; choose a "
+                          f"fraction that leaves at least one item on each side")
+    cold_items = np.sort(np.random.default_rng(seed).choice(n_items, size=k, replace=False))
+    is_cold = np.zeros(n_items, dtype=bool)
+    is_cold[cold_items] = True
+    held = is_cold[item_index]                                        # (nnz,) interaction is cold
+    warm_count = np.bincount(user_index[~held], minlength=len(user_ids))  # (users,)
+    keep = warm_count >= min_user
+    report.users_dropped_cold = int((~keep).sum())
+    if not keep.any():
+        raise DatasetError(f"{name}: --cold-items {fraction} leaves no user with {min_user} warm "
+                           f"interactions")
+    new_index = np.cumsum(keep) - 1                                   # old user -> new user
+    kept = keep[user_index]
+    user_index, item_index, timestamp, held = (user_index[kept], item_index[kept], timestamp[kept],
+                                               held[kept])
+    user_index = new_index[user_index]
+    n_users = int(keep.sum())
+    cu, ci, ct = user_index[held], item_index[held], timestamp[held]
+    order = np.lexsort((ci, ct, cu))                                  # by user, then time, then item
+    cu, ci = cu[order], ci[order]
+    counts = np.bincount(cu, minlength=n_users)
+    cold_indptr = np.zeros(n_users + 1, dtype=np.int64)
+    cold_indptr[1:] = np.cumsum(counts)
+    cold_test = np.full(n_users, -1, dtype=np.int64)
+    has = counts > 0
+    cold_test[has] = ci[cold_indptr[1:][has] - 1]                     # the newest cold interaction
+    cold_indices = ci.astype(np.int64)                                # (nnz_cold,) time order per user
+    return (np.asarray(user_ids)[keep], user_index[~held], item_index[~held], timestamp[~held],
+            (cold_items.astype(np.int64), cold_indptr, cold_indices, cold_test))

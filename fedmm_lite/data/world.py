@@ -161,8 +161,22 @@ def _preferences(config: WorldConfig, values: dict, user_group: np.ndarray,
     return group_preferred, user_favourite, weighted_pref
 
 
-def simulate_world(config: WorldConfig, rng: np.random.Generator) -> World:
-    """Sample attributes, groups, tastes and interactions (no rendering). See the module docstring."""
+@dataclass
+class Taste:
+    """The part of a world that decides what users choose (drawn before activity and interactions):
+    item attributes, popularity, groups and each user's weighted preferences."""
+
+    values: dict[str, tuple[str, ...]]
+    item_attributes: dict[str, np.ndarray]          # {attr: (n,) value index}
+    popularity_rank: np.ndarray                     # (n,)
+    user_group: np.ndarray                          # (U,)
+    group_preferred: list
+    user_favourite: list
+    weighted_pref: dict[str, np.ndarray]            # {attr: (U, V_a)} w_{g(u),a} * pref_{u,a}
+
+
+def _taste(config: WorldConfig, rng: np.random.Generator) -> Taste:
+    """Draw the ``Taste`` from ``rng`` (the first draws of ``simulate_world``, in its order)."""
     if not config.group_modalities or any(m not in TASTE_WEIGHTS for m in config.group_modalities):
         raise OptionError(f"WorldConfig.group_modalities={config.group_modalities!r}: "
                           f"each must be one of {sorted(TASTE_WEIGHTS)}")
@@ -175,17 +189,35 @@ def simulate_world(config: WorldConfig, rng: np.random.Generator) -> World:
     popularity_rank = rng.permutation(n_items)
     user_group = rng.integers(len(config.group_modalities), size=n_users)
     group_preferred, user_favourite, weighted_pref = _preferences(config, values, user_group, rng)
+    return Taste(values, item_attributes, popularity_rank, user_group, group_preferred,
+                 user_favourite, weighted_pref)
+
+
+def _logits(config: WorldConfig, taste: Taste, users: slice, attributes=None) -> np.ndarray:
+    """The world's choice logits (c, n) of ``users``: gamma log pop_i + beta affinity(u, i)
+    (module docstring), the affinity summed over ``attributes`` (None: all of them)."""
+    # gamma * log pop_i with pop_i = (rank_i + 1)^-1                          # (n,)
+    log_pop = (-config.popularity_exponent * np.log1p(taste.popularity_rank)).astype(np.float32)
+    names = sorted(taste.values) if attributes is None else sorted(attributes)
+    # affinity(u, i) = sum_a w_{g(u),a} * pref_{u,a}[v_a(i)]                   # (c, n)
+    affinity = sum((taste.weighted_pref[a][users][:, taste.item_attributes[a]] for a in names),
+                   np.zeros((len(taste.user_group[users]), len(log_pop)), dtype=np.float32))
+    return log_pop[None, :] + np.float32(config.beta) * affinity
+
+
+def simulate_world(config: WorldConfig, rng: np.random.Generator) -> World:
+    """Sample attributes, groups, tastes and interactions (no rendering). See the module docstring."""
+    n_users, n_items = config.n_users, config.n_items
+    taste = _taste(config, rng)
+    values, item_attributes, popularity_rank = taste.values, taste.item_attributes, taste.popularity_rank
+    user_group, group_preferred, user_favourite = taste.user_group, taste.group_preferred, taste.user_favourite
     activity = _activity(config, rng)
 
-    # gamma * log pop_i with pop_i = (rank_i + 1)^-1                          # (n,)
-    log_pop = (-config.popularity_exponent * np.log1p(popularity_rank)).astype(np.float32)
     users, items, stamps = [], [], []
     chunk = 1024
     for start in range(0, n_users, chunk):
         stop = min(start + chunk, n_users)
-        # affinity(u, i) = sum_a w_{g(u),a} * pref_{u,a}[v_a(i)]               # (c, n)
-        affinity = sum(weighted_pref[a][start:stop][:, item_attributes[a]] for a in sorted(values))
-        logits = log_pop[None, :] + np.float32(config.beta) * affinity
+        logits = _logits(config, taste, slice(start, stop))                     # (c, n)
         # Gumbel top-k = sequential sampling without replacement from softmax(logits);
         # Gumbel noise -log(-log(uniform)), in float32 for speed (u = 0 gives -inf: never chosen)
         with np.errstate(divide="ignore"):
@@ -211,6 +243,47 @@ def simulate_world(config: WorldConfig, rng: np.random.Generator) -> World:
     return World(config, values, item_attributes, popularity_rank, user_group, group_preferred,
                  user_favourite, np.concatenate(users), np.concatenate(items),
                  np.concatenate(stamps), missing_title, missing_image)
+
+
+def true_logits(config: WorldConfig, seed: int, attributes=None) -> np.ndarray:
+    """The generator's true choice logits (U, n) of the world of ``config`` and ``seed``, indexed
+    by the generator's users and items (``u0..``, ``i0..``): gamma log pop_i + beta affinity(u, i)
+    (module docstring). Every item a user chose was drawn, without replacement, with probability
+    proportional to exp(logit), so ranking a user's unchosen items by these logits is the Bayes
+    ranking of the next choice. ``attributes``: sum the affinity over these only (e.g. the
+    attributes content can show, ``visible_attributes``); None: all of them.
+
+    The taste is re-drawn from the seed (the first draws of ``generate_world``); nothing is read
+    from the folder."""
+    sim_seq, _ = np.random.SeedSequence(seed).spawn(2)
+    taste = _taste(config, np.random.default_rng(sim_seq))
+    return _logits(config, taste, slice(0, config.n_users), attributes)
+
+
+def visible_attributes(modalities=("image", "text")) -> tuple:
+    """The attributes a picture or a title shows (``ATTRIBUTE_MODALITY``: image, text, both)."""
+    return tuple(a for a, m in ATTRIBUTE_MODALITY.items()
+                 if m in modalities or (m == "both" and modalities))
+
+
+def config_of(truth: dict) -> WorldConfig:
+    """The ``WorldConfig`` a ground truth records (``ground_truth.json``'s "config")."""
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in truth["config"].items()}
+    return WorldConfig(**fields)
+
+
+def dataset_logits(dataset, attributes=None) -> np.ndarray:
+    """``true_logits`` (U, n) of a loaded world ``Dataset``, rows and columns in its own user and
+    item order (the loader drops items nobody chose). Raises ``DatasetError`` for a dataset
+    without a world's ground truth."""
+    truth = getattr(dataset, "ground_truth", None)
+    if not truth or "config" not in truth or "seed" not in truth:
+        raise DatasetError(f"{getattr(dataset, 'name', 'dataset')}: no world ground truth "
+                           f"(true logits exist for generated worlds only)")
+    logits = true_logits(config_of(truth), int(truth["seed"]), attributes)
+    users = np.array([int(u[1:]) for u in dataset.user_ids])                    # "u0042" -> 42
+    items = np.array([int(i[1:]) for i in dataset.item_ids])
+    return logits[np.ix_(users, items)]
 
 
 def _ids(prefix: str, count: int) -> list[str]:

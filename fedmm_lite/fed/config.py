@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from ..config import quick_mode
 from ..errors import OptionError
 from .privacy import dp_spec, parse_noise
+from .server_opt import DEFAULT_LR as SERVER_OPT_LR
+from .server_opt import OPTIMISERS as SERVER_OPTIMISERS
 
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap", "popularity")
 ENGINES = ("batched", "oracle")
@@ -36,6 +38,8 @@ GROUPINGS = ("kmeans", "spectral", "agglomerative")
 LAMBDA_SCHEDULES = ("ours", "scale-align", "smooth", "progressive", "cosine")
 GFMFR_ABLATIONS = ("none", "random-group", "single-group", "multiple-agg")
 FUSION_STRATEGIES = ("mix", "sum", "mlp", "gate")
+# FedMR Eq. (5)'s router input during local training (fedmr.py): exact, or one of two estimates
+ROUTER_INPUTS = ("exact", "epoch", "batch")
 # FedMR's module step, chosen on VALIDATION HR@50 of world-quick (FedAvg, 5 rounds, H = 1, quick
 # mode; the backbone's item_lr and lr kept): fusion_lr 0.1: 0.650 | 0.5: 0.639; item_lr 100 instead
 # of 1000 with fusion_lr 0.1: 0.400. With a random (not identity) A_id and raw thumbnail features,
@@ -104,6 +108,14 @@ class FedConfig:
     router_hidden: int = 16       # width of the private router MLP (K d -> hidden -> K)
     fusion_lr: float | None = None  # step of the global mapping and strategy modules (None = FUSION_LR)
     feature_map_form: str = "auto"  # the engine's per-client A_m: auto | kernel | explicit (feature_maps.py)
+    router_input: str = "exact"   # Eq. (5) in training: exact (H_u, every step) | epoch | batch (estimates)
+    feature_dim: int | None = None  # None: the encoder's features; k: their first k principal components
+    fusion_server: str = "sgd"    # server optimiser of the fusion modules: sgd | momentum | adam (server_opt.py)
+    fusion_server_lr: float | None = None  # its step eta (None: server_opt.DEFAULT_LR; sgd: server_lr)
+    fusion_server_beta1: float = 0.9   # momentum / Adam's first-moment decay
+    fusion_server_beta2: float = 0.99  # Adam's second-moment decay
+    fusion_server_tau: float = 1e-8    # Adam's adaptivity floor tau (below the updates' scale)
+    fusion_server_id: bool = True      # the server optimiser steps A_id too (False: plain averaging)
     # GFMFR (method "gfmfr": gfmfr.py, grouping.py; book/methods.md, "GFMFR")
     groups: int = 3               # g, client groups (the world plants three)
     grouping: str = "kmeans"      # kmeans | spectral | agglomerative, on the prediction functions P_u
@@ -127,6 +139,12 @@ class FedConfig:
     def fusion_step(self) -> float:
         """Step of FedMR's global fusion modules: ``fusion_lr``, or ``FUSION_LR``."""
         return FUSION_LR if self.fusion_lr is None else self.fusion_lr
+
+    def fusion_server_step(self) -> float:
+        """Step eta of the fusion modules' server optimiser (``fusion_server``)."""
+        if self.fusion_server_lr is not None:
+            return self.fusion_server_lr
+        return SERVER_OPT_LR.get(self.fusion_server, 1.0)
 
     def step_sizes(self) -> tuple[float, float, float]:
         """(lr, item_lr, server_lr) with the backbone's defaults filled in."""
@@ -180,6 +198,16 @@ def validate(config: FedConfig) -> FedConfig:
         if not mods or len(set(mods)) != len(mods) or any(m not in FUSION_MODALITIES for m in mods):
             raise OptionError(f"--modalities {','.join(map(str, mods))!r}: a non-empty subset of "
                               f"{', '.join(FUSION_MODALITIES)}, each once")
+        if c.router_input not in ROUTER_INPUTS:
+            raise OptionError(f"--router-input {c.router_input!r}: choose one of {', '.join(ROUTER_INPUTS)}")
+        if c.feature_dim is not None and c.feature_dim < 1:
+            raise OptionError(f"--feature-dim {c.feature_dim}: must be >= 1")
+        if c.fusion_server not in SERVER_OPTIMISERS:
+            raise OptionError(f"--fusion-server {c.fusion_server!r}: choose one of {', '.join(SERVER_OPTIMISERS)}")
+        if c.fusion_server_lr is not None and not c.fusion_server_lr > 0:
+            raise OptionError(f"--fusion-server-lr {c.fusion_server_lr}: must be > 0")
+        if not (0 <= c.fusion_server_beta1 < 1 and 0 <= c.fusion_server_beta2 < 1 and c.fusion_server_tau > 0):
+            raise OptionError("fusion_server_beta1/beta2 must be in [0, 1) and fusion_server_tau > 0")
         if c.router_hidden < 1:
             raise OptionError(f"router_hidden {c.router_hidden}: must be >= 1")
         if c.fusion_lr is not None and not c.fusion_lr >= 0:

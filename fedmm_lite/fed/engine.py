@@ -38,13 +38,15 @@ from .server import UploadBatch
 class Batch(NamedTuple):
     """One mini-batch position of a chunk, for its active clients ``act`` (A of them): (A, B)
     ``slots`` (each sample's row among the chunk's rows), ``y`` labels, ``valid`` (False on
-    padding), ``weight`` 1 / n_B on valid samples (sum_b weight_b BCE_b is the client's mean)."""
+    padding), ``weight`` 1 / n_B on valid samples (sum_b weight_b BCE_b is the client's mean);
+    ``epoch`` the local epoch it belongs to."""
 
     act: object
     slots: torch.Tensor
     y: torch.Tensor
     valid: torch.Tensor
     weight: torch.Tensor
+    epoch: int = 0
 
 
 def _local_copies(state, plan, spec, skip=()):
@@ -125,7 +127,7 @@ def _mini_batches(plan, dtype):
                 if act.numel() == 0:
                     continue
             yield Batch(act, slots_e[act, lo:hi], labels_e[act, lo:hi], valid_all[act, lo:hi],
-                        weight_all[act, lo:hi])
+                        weight_all[act, lo:hi], epoch)
 
 
 def train_chunk(state, plan, config, t: int, downloads=None):
@@ -146,7 +148,11 @@ def train_chunk(state, plan, config, t: int, downloads=None):
     loss_sum = torch.zeros(plan.n_clients, dtype=torch.float64, device=state.device)
     batches_done = torch.zeros(plan.n_clients, dtype=torch.float64, device=state.device)
     train_batch = _closed_form_batch if session.closed_form else _autograd_batch
+    def view(act, slots):                   # the current local copies, read without autograd
+        return _batch_view(local, row_names, act, slots, (), autograd=False)
+
     for batch in _mini_batches(plan, state.dtype):
+        session.begin_batch(batch, view)
         loss = train_batch(state.backbone, step, batch, phases, t, config)
         loss_sum[batch.act] += loss.double()
         batches_done[batch.act] += 1

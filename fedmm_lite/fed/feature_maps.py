@@ -21,6 +21,10 @@ During local training every client moves its own copy A_m,u, and these are the l
     of d x D_m (a chunk of 600 light clients: 2 MB instead of 300 MB), and the upload
     Delta_u = start - end = -sum_r c_r F[r]^T is formed once, at the end of the round.
 
+The kernel entries F[r] . F[j] are read from the features' Gram matrix F F^T (computed once per
+run: the features are frozen) and base[j] = A_m F[j] from F A_m^T (once per round: every chunk
+of a round starts from the same A_m), both held by the FedMR method.
+
 ``feature_maps`` picks, per chunk and modality, the kernel form while the chunk's largest |I_u|
 is at most D_m (light clients: world-full's typical client reads ~100 rows of 768-wide features)
 and the explicit form beyond (a MovieLens client with 1,133 training items reads ~1,850 rows; its
@@ -61,42 +65,57 @@ class ExplicitMap:
     def step(self, act, slots: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
         """A_m,u <- A_m,u - lr sum_b delta_b F[i_b]^T (delta (A, L, d) = dL/dh)."""
         F = gather_rows(self.rows_features, slots)                              # (A, L, D)
-        grad = delta.transpose(1, 2) @ F                                         # (A, d, D)
         if isinstance(act, slice):
-            self.weight[act].add_(grad, alpha=-lr)
+            # in place on the active clients' matrices (a contiguous block): no (A, d, D) temporary
+            self.weight[act].baddbmm_(delta.transpose(1, 2), F, alpha=-lr)
         else:
-            self.weight.index_add_(0, act, grad, alpha=-lr)                      # act: distinct clients
+            self.weight.index_add_(0, act, delta.transpose(1, 2) @ F, alpha=-lr)  # act: distinct clients
 
     @torch.no_grad()
     def upload(self) -> torch.Tensor:
-        """Delta_u = start - end for every client of the chunk: (C, d, D)."""
-        return self.start.unsqueeze(0) - self.weight
+        """Delta_u = start - end for every client of the chunk: (C, d, D). Written over the
+        clients' matrices (the map is spent afterwards)."""
+        return self.weight.neg_().add_(self.start)
 
 
 class KernelMap:
-    """A_m,u held as the global A_m plus coefficients c over the client's own rows (module doc)."""
+    """A_m,u held as the global A_m plus coefficients c over the client's own rows (module doc).
 
-    def __init__(self, features: torch.Tensor, A: torch.Tensor, plan):
+    ``gram`` F F^T (n, n) and ``base`` F A_m^T (n, d) of every item, when given, are read instead
+    of computed for the chunk's rows (FedMR computes the first once per run, the second once per
+    round: both are the same for every chunk)."""
+
+    UPLOAD_BLOCK = 1 << 22         # scalars of gathered feature rows per block of the upload
+
+    def __init__(self, features: torch.Tensor, A: torch.Tensor, plan, gram: torch.Tensor | None = None,
+                 base: torch.Tensor | None = None):
         C = plan.n_clients
         owner = plan.row_owner                                                   # (Q,)
         counts = torch.bincount(owner, minlength=C)                              # (C,)
         first = torch.cumsum(counts, 0) - counts
         self.n_clients, self.R = C, max(int(counts.max()), 1) if C else 1
         self.position = torch.arange(owner.shape[0], device=owner.device) - first[owner]  # (Q,)
-        F = features[plan.rows]                                                  # (Q, D) the chunk's rows
-        self.base = F @ A.T                                                      # (Q, d) A_m F[j]
-        padded = torch.zeros(C, self.R, F.shape[1], dtype=F.dtype, device=F.device)
-        padded[owner, self.position] = F                                         # (C, R, D) F[I_u]
-        self.padded = padded
-        self.kernel = padded @ padded.transpose(1, 2)                            # (C, R, R) K_u
-        self.coef = torch.zeros(C, self.R, A.shape[0], dtype=F.dtype, device=F.device)  # (C, R, d)
+        self.features = features                                                 # (n, D)
+        items = torch.zeros(C, self.R, dtype=torch.long, device=owner.device)    # (C, R) I_u, padded with 0
+        items[owner, self.position] = plan.rows
+        self.items = items
+        # base[j] = A_m F[j] of the chunk's rows
+        self.base = (features[plan.rows] @ A.T) if base is None else base[plan.rows]   # (Q, d)
+        if gram is None:
+            padded = features[items]                                             # (C, R, D) F[I_u]
+            self.kernel = padded @ padded.transpose(1, 2)                        # (C, R, R) K_u
+        else:
+            # K_u = F[I_u] F[I_u]^T read from the Gram matrix (a padded position's coefficient
+            # stays 0: it is never a sample's row, so its kernel entries are never used)
+            self.kernel = gram[items.unsqueeze(2), items.unsqueeze(1)]           # (C, R, R)
+        self.coef = torch.zeros(C, self.R, A.shape[0], dtype=features.dtype, device=features.device)  # (C, R, d)
 
     def mapped(self, act, slots: torch.Tensor) -> torch.Tensor:
         """h_u(j) = base[j] + (K_u c)[j] for the rows ``slots`` (A, L) of the active clients: (A, L, d)."""
         pos = self.position[slots]                                               # (A, L) within I_u
         K = self.kernel[act]                                                     # (A, R, R)
         K_rows = torch.gather(K, 1, pos.unsqueeze(-1).expand(-1, -1, self.R))    # (A, L, R)
-        return self.base[slots] + K_rows @ self.coef[act]                        # (A, L, d)
+        return torch.baddbmm(gather_rows(self.base, slots), K_rows, self.coef[act])   # (A, L, d)
 
     @torch.no_grad()
     def step(self, act, slots: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
@@ -107,14 +126,29 @@ class KernelMap:
 
     @torch.no_grad()
     def upload(self) -> torch.Tensor:
-        """Delta_u = start - end = -sum_r c_r F[r]^T for every client of the chunk: (C, d, D)."""
-        return -(self.coef.transpose(1, 2) @ self.padded)
+        """Delta_u = start - end = -sum_r c_r F[r]^T for every client of the chunk: (C, d, D),
+        formed a block of clients at a time (the feature rows F[I_u] are gathered per block)."""
+        C, d, D = self.n_clients, self.coef.shape[-1], self.features.shape[1]
+        out = torch.empty(C, d, D, dtype=self.coef.dtype, device=self.coef.device)
+        block = max(1, self.UPLOAD_BLOCK // max(self.R * D, 1))
+        minus_c = self.coef.neg().transpose(1, 2)                                # (C, d, R)
+        for lo in range(0, C, block):
+            hi = min(lo + block, C)
+            torch.bmm(minus_c[lo:hi], self.features[self.items[lo:hi]], out=out[lo:hi])
+        return out
 
 
-def feature_maps(features: dict, global_: dict, plan, modalities, form: str = "auto") -> dict:
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """F F^T (n, n): every kernel entry F[r] . F[j] (``KernelMap``), computed once per run."""
+    return features @ features.T
+
+
+def feature_maps(features: dict, global_: dict, plan, modalities, form: str = "auto",
+                 grams: dict | None = None, bases: dict | None = None) -> dict:
     """modality -> the chunk's per-client A_m (module doc). ``form``: "auto" picks per modality the
     kernel form while the chunk's largest |I_u| <= D_m, the explicit form beyond; "kernel" or
-    "explicit" forces one (``FedConfig.feature_map_form``: tests and benches compare them)."""
+    "explicit" forces one (``FedConfig.feature_map_form``: tests and benches compare them).
+    ``grams`` / ``bases``: modality -> F F^T and F A_m^T of every item (optional, see KernelMap)."""
     if form not in FORMS:
         raise ValueError(f"feature_maps: form {form!r}; choose one of {', '.join(FORMS)}")
     counts = torch.bincount(plan.row_owner, minlength=plan.n_clients)
@@ -123,5 +157,8 @@ def feature_maps(features: dict, global_: dict, plan, modalities, form: str = "a
     for m in modalities:
         F, A = features[m], global_[f"A_{m}"]
         kernel = form == "kernel" or (form == "auto" and most_rows <= F.shape[1])
-        maps[m] = (KernelMap if kernel else ExplicitMap)(F, A, plan)
+        if kernel:
+            maps[m] = KernelMap(F, A, plan, (grams or {}).get(m), (bases or {}).get(m))
+        else:
+            maps[m] = ExplicitMap(F, A, plan)
     return maps

@@ -65,6 +65,20 @@ def standardise(F: torch.Tensor) -> torch.Tensor:
     return centred / centred.norm(dim=1).mean().clamp(min=1e-12)
 
 
+def reduce(F: torch.Tensor, k: int | None) -> torch.Tensor:
+    """An option (``FedConfig.feature_dim``): the frozen features (n, D) replaced by their first k
+    principal components, (n, k): centred, then projected on the top-k right singular vectors,
+    once, on the server. Lossy (the variance beyond the k-th component is dropped), so a labelled
+    option, not FedMR itself; it cuts a mapping layer from d x D to d x k, the client's work per
+    item row and its one-off feature download in the same proportion. k None or >= D: unchanged."""
+    if k is None or k >= F.shape[1]:
+        return F
+    centred = F - F.mean(0, keepdim=True)                                       # (n, D)
+    _, _, V = torch.linalg.svd(centred.double(), full_matrices=False)           # V (min(n, D), D)
+    # F_k = (F - mean) V_k^T
+    return (centred.double() @ V[:k].T).to(F.dtype)                             # (n, k)
+
+
 def init_tensors(config, widths: dict, n_users: int, generator: torch.Generator,
                  dtype) -> tuple[dict, dict]:
     """Initial global fusion modules and private routers (U, ...), drawn on CPU from ``generator``
@@ -166,7 +180,8 @@ def mix(S: torch.Tensor, pi: torch.Tensor | None) -> torch.Tensor:
 
 
 def fuse(fedmr, params: dict, id_rows: dict, feats: dict, n_batch: int,
-         pos_mask: torch.Tensor | None, mapped: dict | None = None):
+         pos_mask: torch.Tensor | None, mapped: dict | None = None,
+         router_input: torch.Tensor | None = None, batch_mask: torch.Tensor | None = None):
     """Personalised item representations of a mini-batch, per ID branch (Eqs. (1)-(6)).
 
     ``fedmr``: the run's FedMR method (fedmr.py: its ``modalities``, ``strategies``, ``routed``).
@@ -175,6 +190,9 @@ def fuse(fedmr, params: dict, id_rows: dict, feats: dict, n_batch: int,
     user's training items H_u (``pos_mask`` (..., P) marks the real ones; a single strategy has
     no router and passes the batch's rows only, P = 0, ``pos_mask`` None); ``feats`` the matching
     feature rows (or ``mapped``: modality -> h_m (..., n_batch + P, d), already mapped).
+    Eq. (5)'s router input is the mean over those P rows, unless an estimate is asked for
+    (fedmr.py, ``router_input``): ``router_input`` (..., K d) a summary computed elsewhere, or
+    ``batch_mask`` (..., n_batch) the batch's rows to average (its positives).
     Returns (branch -> z (..., n_batch, d), pi (..., K) or None). With two ID
     branches (FedNCF: GMF and MLP tables) the modules and the router are shared and the router's
     input is the mean over both branches of Eq. (5)'s summary.
@@ -183,9 +201,23 @@ def fuse(fedmr, params: dict, id_rows: dict, feats: dict, n_batch: int,
                              fedmr.strategies, fedmr.modalities) for b, rows in id_rows.items()}
     pi = None
     if fedmr.routed:
-        x = sum(history_summary(s[..., n_batch:, :, :], pos_mask) for s in S.values()) / len(S)
+        if router_input is not None:
+            x = router_input
+        elif batch_mask is not None:
+            x = sum(history_summary(s[..., :n_batch, :, :], batch_mask) for s in S.values()) / len(S)
+        else:
+            x = sum(history_summary(s[..., n_batch:, :, :], pos_mask) for s in S.values()) / len(S)
         pi = router_weights(params, x)
     return {b: mix(s[..., :n_batch, :, :], pi) for b, s in S.items()}, pi
+
+
+def router_input(fedmr, params: dict, id_rows: dict, feats: dict, mask: torch.Tensor,
+                 mapped: dict | None = None) -> torch.Tensor:
+    """FedMR Eq. (5)'s x_u alone, from the rows of H_u (``id_rows`` branch -> (..., P, d), ``mask``
+    (..., P) True on real rows), averaged over the ID branches: (..., K d)."""
+    S = [strategy_outputs(params, map_inputs(params, rows, feats, fedmr.modalities, mapped),
+                          fedmr.strategies, fedmr.modalities) for rows in id_rows.values()]
+    return sum(history_summary(s, mask) for s in S) / len(S)
 
 
 def fuse_all_items(fedmr, params: dict, id_tables: dict, history: torch.Tensor):

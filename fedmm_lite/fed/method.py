@@ -42,6 +42,10 @@ class ChunkSession:
         """May the engine use the written-out gradients (gradients.py)? Inner-product backbones."""
         return gradients.has_closed_form(self.backbone)
 
+    def begin_batch(self, batch, view) -> None:
+        """Called before each mini-batch position (``engine.Batch``); ``view(act, slots)`` reads
+        the chunk's current local copies (FedMR's router-input estimates, fedmr.py)."""
+
     def read_slots(self, act, slots: torch.Tensor) -> torch.Tensor:
         """The rows a mini-batch reads, (A, B') with the batch's own B first (FedMR adds H_u)."""
         return slots
@@ -77,6 +81,10 @@ class ClientSession:
     def __init__(self, state, user: int, config, t: int, downloads=None):
         self.history = torch.zeros(0, dtype=torch.long, device=state.device)
 
+    def begin_epoch(self, epoch: int, m: dict, id_rows_of) -> None:
+        """Called at the start of each local epoch with the client's full copies ``m``;
+        ``id_rows_of(rows)`` gives their ID vectors per branch (the oracle's own formula)."""
+
     def items(self, m: dict, ids: dict, rows: torch.Tensor, n_batch: int) -> dict:
         """Item representation per branch (b, d) from the ID rows ``ids`` of ``rows`` = the batch's
         items then ``history``; ``m`` the client's full copies."""
@@ -96,6 +104,7 @@ class IdMethod:
 
     name = "id"
     mixes_sizes = True          # clients of any size may share a chunk (plan.chunks, mix_above)
+    chunk_spread = None         # longest / shortest client of a chunk at most (None: rounds.CHUNK_SPREAD)
     keeps_uploads = False       # the server step reads the round's uploads (GFMFR), not only their mean
     divergence_hint = "lower --lr (or the item step, item_lr)"    # what helps when a run diverges
     chunk_session = ChunkSession

@@ -79,6 +79,7 @@ def _train_client(state, plan, c: int, config, t: int, downloads=None):
     length = int(plan.lengths[c])
     bs = plan.batch_size
     for epoch in range(plan.orders.shape[0]):
+        session.begin_epoch(epoch, m, lambda rows: _id_rows(state.backbone, m, rows))
         order = plan.orders[epoch, c, :length]
         for lo in range(0, length, bs):
             idx = order[lo:lo + bs]

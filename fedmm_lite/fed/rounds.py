@@ -36,7 +36,7 @@ import torch
 from ..config import progress_bar, resolve_device
 from ..errors import OptionError
 from ..data import NegativeSampler
-from ..metrics import NonFiniteScores, evaluate
+from ..metrics import NonFiniteScores, evaluate, evaluate_cold
 from . import engine, oracle
 from .config import FedConfig, validate
 from .method import full_scores, make_method
@@ -70,11 +70,12 @@ class RoundRecord:
 
 
 def plan_round(dataset, config: FedConfig, generator: torch.Generator, sampler, sizes: torch.Tensor,
-               mixes_sizes: bool = True, poisson: bool = False):
+               mixes_sizes: bool = True, spread: float | None = None, poisson: bool = False):
     """One round's participants (sorted by training-set size) and their chunk plans, drawn lazily.
 
     Chunks hold clients of similar size (``plan.chunks``); a method that pads every client's
-    history to the longest of its chunk (FedMR: ``mixes_sizes`` False) never mixes them freely.
+    history to the longest of its chunk (FedMR: ``mixes_sizes`` False) never mixes them freely, and
+    may ask for a tighter ``spread`` (None: ``CHUNK_SPREAD``).
     ``poisson`` (under dp): each client independently with probability beta, possibly none."""
     draw = poisson_participants if poisson else sample_participants
     participants = draw(dataset.n_users, config.sample_ratio, generator)
@@ -84,7 +85,7 @@ def plan_round(dataset, config: FedConfig, generator: torch.Generator, sampler, 
                        config.batch_size, generator)
              for chunk in chunks(participants, config.chunk_size,
                                  sizes[participants] * (1 + config.neg_ratio), config.chunk_samples,
-                                 spread=CHUNK_SPREAD, mix_above=mix_above))
+                                 spread=spread or CHUNK_SPREAD, mix_above=mix_above))
     return participants, plans
 
 
@@ -183,9 +184,19 @@ class FederatedRun:
     def evaluate(self, t: int = 0) -> tuple[dict, dict]:
         """(valid, test) metrics of the current model (after round ``t``), full ranking."""
         kw = dict(ks=KS, chunk_size=self.config.eval_chunk_size, device=self.device)
+        cache = {}
+
+        def score(users):          # valid and test rank the same scores: compute each chunk once
+            key = users.cpu().numpy().tobytes()
+            if key not in cache:
+                cache[key] = self.score(users)
+            return cache[key]
+
         try:
-            return (evaluate(self.score, self.dataset, "valid", **kw),
-                    evaluate(self.score, self.dataset, "test", **kw))
+            test = evaluate(score, self.dataset, "test", **kw)
+            # the cold-item split: the held-out items' metrics join test's (metrics.evaluate_cold)
+            test.update(evaluate_cold(score, self.dataset, **kw))
+            return evaluate(score, self.dataset, "valid", **kw), test
         except NonFiniteScores as err:      # a private tensor diverged: say so, not a traceback
             raise self._diverged(t, str(err)) from None
 
@@ -214,7 +225,7 @@ class FederatedRun:
         start = time.perf_counter()
         participants, plans = plan_round(self.dataset, self.config, self.generator, self.sampler,
                                          self.sizes, self.state.method.mixes_sizes,
-                                         poisson=self.dp.active)
+                                         self.state.method.chunk_spread, poisson=self.dp.active)
         norms = []
         loss, diagnostics = run_round(self.state, plans, self.config, t, self.trainer, self.noise,
                                       self.noise_generator, self.dp, norms, observe)

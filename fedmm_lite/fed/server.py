@@ -122,8 +122,8 @@ class Aggregator:
                 # (index_put_ with accumulate: deterministic on CUDA too, unlike index_add_)
                 buf.index_put_((batch.rows[name],), (rw * value).to(buf.dtype), accumulate=True)
             else:
-                rw = r.to(value.dtype).view((-1,) + (1,) * (value.dim() - 1))  # (C, 1, ...)
-                buf += (rw * value).sum(0).to(buf.dtype)
+                # buffer += sum_u r_u Delta_u, as one product: no (C, ...) temporary
+                buf += torch.tensordot(r.to(value.dtype), value, dims=1).to(buf.dtype)
 
     def mean_update(self) -> dict:
         """sum_u a_u Delta_u = (sum_u r_u Delta_u) / (sum_u r_u)."""

@@ -66,7 +66,7 @@ class ServerSide:
     def requests(self, t: int) -> tuple[list, dict]:
         """Round t's chunks (lists of user ids, in the plan's order) and one request per node."""
         participants, plans = plan_round(self.dataset, self.config, self.generator, self.sampler,
-                                         self.sizes, self.method.mixes_sizes)
+                                         self.sizes, self.method.mixes_sizes, self.method.chunk_spread)
         requests: dict = {}
         chunks = []
 
