@@ -10,12 +10,15 @@ A round t = 1..T (book/methods.md, "Protocol"):
 3. the uploads are privatised (privacy.py) before the server sees them;
 4. the server aggregates them with the backbone's rule and runs the method's server step
    (server.py), from its own state and the uploads only;
-5. every ``eval_every`` rounds (and at the last), valid and test are evaluated with full ranking.
+5. every ``eval_every`` rounds (and at the last), valid and test are evaluated with full ranking
+   (and, under ``protocol="sampled"``, the sampled protocol too), both from one score matrix per
+   chunk of users (``metrics.evaluate_splits``).
 
 ``FederatedRun(dataset, config)`` holds a run's state; iterating it yields one ``RoundRecord`` per
 round (round 0 evaluates the untrained model), so a caller can time, draw a progress bar or stop
 early without patching anything. ``run_federated`` consumes it and selects the round with the best
-VALIDATION HR@50 (earliest on ties); test is read at that round, never used to select.
+VALIDATION HR@50 (earliest on ties; under the sampled protocol the best validation HR@10_sampled,
+the papers' rule); test is read at that round, never used to select.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import torch
 
 from ..config import progress_bar, resolve_device
 from ..data import NegativeSampler
-from ..metrics import NonFiniteScores, evaluate
+from ..metrics import NonFiniteScores, evaluate_splits, sample_negatives
 from . import engine, oracle
 from .config import FedConfig, validate
 from .method import full_scores, make_method
@@ -41,6 +44,7 @@ from .state import count_parameters, init_state
 
 KS = (10, 20, 50)
 SELECT_ON = "hr@50"
+SELECT_ON_SAMPLED = "hr@10_sampled"    # the sampled protocol selects as the PFedRec/FedRAP codes do
 TRAINERS = {"batched": engine, "oracle": oracle}
 CHUNK_SPREAD = 2.0      # the longest client of a chunk has at most twice the samples of its shortest
 NOISE_SEED_OFFSET = 1_000_003   # the upload noise has a generator of its own: seed + this
@@ -126,7 +130,10 @@ class FederatedRun:
     generators (plan and initialisation; upload noise)."""
 
     def __init__(self, dataset, config: FedConfig):
-        self.config = config = validate(config)
+        config = validate(config)
+        if config.backbone == "popularity":              # nothing to train: no rounds are recorded
+            config = dataclasses.replace(config, rounds=0)
+        self.config = config
         self.dataset = dataset
         self.device = resolve_device(config.device)
         self.generator = torch.Generator().manual_seed(config.seed)                 # plan, init
@@ -141,6 +148,12 @@ class FederatedRun:
                             else NegativeSampler)(dataset, "cpu")
             self.sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)
             self.trainer = TRAINERS[config.engine]
+        # the sampled protocol's negatives: drawn once per run, per split (metrics.sample_negatives)
+        self.sampled = None
+        if config.protocol == "sampled":
+            self.sampled = {split: sample_negatives(dataset, seed=config.seed, split=split,
+                                                    pool=config.sampled_pool)
+                            for split in ("valid", "test")}
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """Scores (c, n) of every item for ``users``: the current model as evaluation reads it."""
@@ -150,13 +163,16 @@ class FederatedRun:
         return full_scores(self.state, users)
 
     def evaluate(self, t: int = 0) -> tuple[dict, dict]:
-        """(valid, test) metrics of the current model (after round ``t``), full ranking."""
-        kw = dict(ks=KS, chunk_size=self.config.eval_chunk_size, device=self.device)
+        """(valid, test) metrics of the current model (after round ``t``): full ranking, plus the
+        sampled protocol's keys under ``protocol="sampled"``. One scoring of every user serves both
+        splits (``metrics.evaluate_splits``)."""
         try:
-            return (evaluate(self.score, self.dataset, "valid", **kw),
-                    evaluate(self.score, self.dataset, "test", **kw))
+            out = evaluate_splits(self.score, self.dataset, ("valid", "test"), ks=KS,
+                                  chunk_size=self.config.eval_chunk_size, device=self.device,
+                                  sampled=self.sampled)
         except NonFiniteScores as err:      # a private tensor diverged: say so, not a traceback
             raise self._diverged(t, str(err)) from None
+        return out["valid"], out["test"]
 
     def _diverged(self, t: int, what: str) -> FloatingPointError:
         """The error of a diverged run, with what helps: noise without clipping is unbounded next
@@ -241,6 +257,11 @@ class RunResult:
         }
 
 
+def selection_key(config: FedConfig) -> str:
+    """The validation metric that selects the round: HR@50 (full ranking) or HR@10_sampled."""
+    return SELECT_ON_SAMPLED if config.protocol == "sampled" else SELECT_ON
+
+
 def select_best(history: list, key: str = SELECT_ON) -> dict:
     """The history entry with the best validation ``key`` (earliest on ties). Never looks at test."""
     best = history[0]
@@ -257,6 +278,7 @@ def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResul
     run = FederatedRun(dataset, config)
     result = RunResult(config=run.config)
     bar = progress_bar(run.config.rounds, f"{run.config.backbone} rounds", progress and run.state is not None)
+    key = selection_key(run.config)
     for record in run:
         result.train_seconds += record.train_seconds
         result.client_updates += record.participants
@@ -270,9 +292,9 @@ def run_federated(dataset, config: FedConfig, progress: bool = True) -> RunResul
         if record.round > 0:
             bar.update(1)
             bar.set_postfix(loss=f"{record.train_loss:.4f}",
-                            hr50=f"{result.history[-1]['valid']['hr@50']:.4f}")
+                            valid=f"{result.history[-1]['valid'][key]:.4f}")
     bar.close()
-    best = select_best(result.history)
+    best = select_best(result.history, key)
     result.best_round, result.valid, result.test = best["round"], best["valid"], best["test"]
     result.seconds = time.perf_counter() - t0
     if run.state is not None:
