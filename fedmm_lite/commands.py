@@ -104,7 +104,8 @@ def _check_json_path(args) -> Path | str | None:
 # FedConfig field <- argparse attribute; only options the user gave override the tuned defaults.
 _OVERRIDES = {"rounds": "rounds", "local_epochs": "local_epochs", "sample_ratio": "sample_ratio",
               "lr": "lr", "batch_size": "batch_size", "neg_ratio": "neg_ratio",
-              "chunk_size": "chunk_size", "eval_every": "eval_every"}
+              "chunk_size": "chunk_size", "eval_every": "eval_every", "dim": "dim",
+              "protocol": "protocol", "sampled_pool": "sampled_pool"}
 
 
 def build_config(args, **extra):
@@ -219,6 +220,11 @@ def result_json(result, dataset, memory) -> dict:
     out.update(memory.as_dict())
     out["dataset"] = dataset.stats()
     out["random_expectation"] = random_ranker(dataset, "test")
+    if result.config.protocol == "sampled":      # the target among itself + 99 negatives: N = 100
+        from .metrics import SAMPLED_NEGATIVES, random_expectation
+        for metric in ("hr", "ndcg"):
+            out["random_expectation"][f"{metric}@10_sampled"] = random_expectation(
+                SAMPLED_NEGATIVES + 1, 10, metric)
     return out
 
 
@@ -236,9 +242,14 @@ def summary_line(out: dict, target) -> str:
     """One line for stdout when the JSON goes to a file."""
     c = out["config"]
     method = c["method"] if c["method"] != "id" else "ID"
+    if c.get("protocol") == "sampled":
+        selected = (f"valid HR@10 (sampled) {out['valid']['hr@10_sampled']:.4f}), test HR@10 (sampled) "
+                    f"{out['test']['hr@10_sampled']:.4f} NDCG@10 (sampled) {out['test']['ndcg@10_sampled']:.4f}")
+    else:
+        selected = (f"valid HR@50 {out['valid']['hr@50']:.4f}), test HR@50 {out['test']['hr@50']:.4f} "
+                    f"NDCG@50 {out['test']['ndcg@50']:.4f}")
     return (f"{c['backbone']} ({method}) on {out['dataset']['name']}: best round {out['best_round']} "
-            f"(valid HR@50 {out['valid']['hr@50']:.4f}), test HR@50 {out['test']['hr@50']:.4f} "
-            f"NDCG@50 {out['test']['ndcg@50']:.4f}; {out['seconds']:.1f} s; JSON in {target}")
+            f"({selected}; {out['seconds']:.1f} s; JSON in {target}")
 
 
 def cmd_run(args) -> int:
@@ -250,11 +261,14 @@ def cmd_run(args) -> int:
     from .data import load_dataset
     from .resources import PeakMemory
 
-    dataset = load_dataset(args.data, seed=args.seed)
+    if config.sampled_pool != "prior" and config.protocol != "sampled":
+        raise OptionError(f"--sampled-pool {config.sampled_pool}: applies to --protocol sampled only")
+    dataset = load_dataset(args.data, seed=args.seed, ties=getattr(args, "ties", None))
     encode_for(args, config, dataset)
     with PeakMemory(resolve_device(config.device)) as memory:
         result = _run(dataset, config)
     out = result_json(result, dataset, memory)
+    out["ties"] = getattr(args, "ties", None) or "item"
     write_json(out, json_path, summary_line(out, json_path))
     return 0
 
