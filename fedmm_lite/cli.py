@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the sampled protocol's negatives come from: prior (default: items not "
                         "interacted with up to the held-out one) | official (the PFedRec/FedRAP codes': "
                         "validation and test items excluded too, a mild leak)")
+    p.add_argument("--negatives", default=None, choices=("fresh", "official", "fixed"),
+                   help="training negatives: fresh (default: outside the training set, redrawn every "
+                        "round) | official (the PFedRec/FedRAP codes': held-out items never drawn, a "
+                        "leak) | fixed (a published defect, for the book's demo)")
     p.add_argument("--ties", default=None, choices=("item", "file"),
                    help="leave-one-out ties at one timestamp: item (default: the larger item id is newer) "
                         "| file (the earlier row is newer: the PFedRec/FedRAP codes' split)")

@@ -105,7 +105,7 @@ def _check_json_path(args) -> Path | str | None:
 _OVERRIDES = {"rounds": "rounds", "local_epochs": "local_epochs", "sample_ratio": "sample_ratio",
               "lr": "lr", "batch_size": "batch_size", "neg_ratio": "neg_ratio",
               "chunk_size": "chunk_size", "eval_every": "eval_every", "dim": "dim",
-              "protocol": "protocol", "sampled_pool": "sampled_pool"}
+              "protocol": "protocol", "sampled_pool": "sampled_pool", "negatives": "negatives"}
 
 
 def build_config(args, **extra):

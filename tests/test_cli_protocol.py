@@ -29,11 +29,11 @@ def test_the_sampled_protocol_dim_and_eval_every_from_the_command_line(folder, c
     monkeypatch.setenv("TQDM_DISABLE", "1")
     out = run_json(capsys, "--data", str(folder), "--backbone", "fedavg", "--rounds", "3",
                    "--eval-every", "2", "--dim", "8", "--protocol", "sampled", "--sampled-pool",
-                   "official", "--ties", "file", "--device", "cpu")
+                   "official", "--ties", "file", "--negatives", "official", "--device", "cpu")
     config = out["config"]
     assert (config["dim"], config["protocol"], config["sampled_pool"], config["eval_every"]) == \
         (8, "sampled", "official", 2)
-    assert out["ties"] == "file"
+    assert out["ties"] == "file" and config["negatives"] == "official"
     assert [h["round"] for h in out["history"]] == [0, 2, 3]
     assert {"hr@10_sampled", "ndcg@10_sampled", "hr@50"} <= set(out["valid"])
     best = max(out["history"], key=lambda h: (h["valid"]["hr@10_sampled"], -h["round"]))

@@ -94,7 +94,8 @@ class FedConfig:
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     engine: str = "batched"       # batched (engine.py) | oracle (oracle.py, the per-client reference)
     noise: str = "none"           # none | gaussian:STD | laplace:SCALE on every upload
-    negatives: str = "fresh"      # fresh | fixed (published defect 4, for the pitfall demo only)
+    negatives: str = "fresh"      # fresh | fixed (published defect 4, for the pitfall demo only) |
+                                  # official (the PFedRec/FedRAP codes' leak: held-out items never drawn)
     init_std: float = 0.1         # N(0, init_std^2) initialisation of embeddings and score vectors
     ncf_layers: tuple = (64, 32)  # FedNCF tower widths after the (2d,) input
     fedrap_lambda: float = 0.1    # FedRAP lambda (differentiation weight, reached as tanh(t/10) * lambda)
@@ -141,8 +142,8 @@ def validate(config: FedConfig) -> FedConfig:
         raise OptionError(f"--backbone {c.backbone!r}: choose one of {', '.join(BACKBONES)}")
     if c.method not in METHODS:
         raise OptionError(f"--method {c.method!r}: the ID engine supports {', '.join(METHODS)}")
-    if c.negatives not in ("fresh", "fixed"):
-        raise OptionError(f"negatives {c.negatives!r}: fresh | fixed")
+    if c.negatives not in ("fresh", "fixed", "official"):
+        raise OptionError(f"negatives {c.negatives!r}: fresh | fixed | official")
     if c.engine not in ENGINES:
         raise OptionError(f"engine {c.engine!r}: choose one of {', '.join(ENGINES)}")
     if c.protocol not in PROTOCOLS:

@@ -36,7 +36,7 @@ from ..metrics import NonFiniteScores, evaluate_splits, sample_negatives
 from . import engine, oracle
 from .config import FedConfig, validate
 from .method import full_scores, make_method
-from .pitfalls import FixedLowestNegatives
+from .pitfalls import FixedLowestNegatives, HeldOutExcludedNegatives
 from .plan import chunks, make_plan, sample_participants
 from .privacy import parse_noise, privatise
 from .server import ServerRound
@@ -46,6 +46,7 @@ KS = (10, 20, 50)
 SELECT_ON = "hr@50"
 SELECT_ON_SAMPLED = "hr@10_sampled"    # the sampled protocol selects as the PFedRec/FedRAP codes do
 TRAINERS = {"batched": engine, "oracle": oracle}
+SAMPLERS = {"fresh": NegativeSampler, "fixed": FixedLowestNegatives, "official": HeldOutExcludedNegatives}
 CHUNK_SPREAD = 2.0      # the longest client of a chunk has at most twice the samples of its shortest
 NOISE_SEED_OFFSET = 1_000_003   # the upload noise has a generator of its own: seed + this
 
@@ -143,9 +144,9 @@ class FederatedRun:
         if config.backbone != "popularity":
             self.method = make_method(config, dataset)
             self.state = init_state(config, dataset, self.generator, self.device, self.method)
-            # fresh uniform negatives every round; "fixed" reproduces defect 4 for the book's demo
-            self.sampler = (FixedLowestNegatives if config.negatives == "fixed"
-                            else NegativeSampler)(dataset, "cpu")
+            # fresh uniform negatives every round; "fixed" reproduces defect 4 for the book's demo,
+            # "official" the PFedRec/FedRAP codes' leak (pitfalls.py)
+            self.sampler = SAMPLERS[config.negatives](dataset, "cpu")
             self.sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)
             self.trainer = TRAINERS[config.engine]
         # the sampled protocol's negatives: drawn once per run, per split (metrics.sample_negatives)
