@@ -46,6 +46,9 @@ CLEAN = dict(protocol="sampled", sampled_pool="prior", negatives="fresh")
 RUNS = {
     "pfedrec-official-settings": {**PFEDREC, **OFFICIAL},
     "pfedrec-official-settings-clean": {**PFEDREC, **CLEAN},
+    # one leak at a time: fresh training negatives, the official pool; and the reverse
+    "pfedrec-official-settings-fresh-negatives": {**PFEDREC, **OFFICIAL, "negatives": "fresh"},
+    "pfedrec-official-settings-prior-pool": {**PFEDREC, **OFFICIAL, "sampled_pool": "prior"},
     "fedrap-official-settings": {**FEDRAP, **OFFICIAL, "lr": 0.5},
     "fedrap-official-settings-clean": {**FEDRAP, **CLEAN, "lr": 0.5},
 }
@@ -53,7 +56,10 @@ RUNS = {
 TUNE = {
     "pfedrec": ({**PFEDREC, **OFFICIAL}, {"lr": [0.1, 0.5, 1.0], "item_lr": [4000.0, 13456.0]}),
     "pfedrec-clean": ({**PFEDREC, **CLEAN}, {"lr": [0.1, 0.5, 1.0], "item_lr": [4000.0, 13456.0]}),
-    "fedrap": ({**FEDRAP, **OFFICIAL}, {"lr": [0.1, 0.5], "item_lr": [300.0, 1000.0]}),
+    # FedRAP at its own settings costs about 30 s a round here (10 local epochs): its grid uses
+    # PFedRec's (1 local epoch, batch 256), and the run at FedRAP's settings is one more candidate
+    "fedrap": ({**FEDRAP, **OFFICIAL, "local_epochs": 1, "batch_size": 256},
+               {"lr": [0.1, 0.5], "item_lr": [4000.0, 13456.0]}),
 }
 
 
@@ -71,9 +77,11 @@ def load_ml100k():
 def compact(history: list) -> list:
     """The curve: per evaluated round, the sampled protocol's and full ranking's metrics."""
     keys = ("hr@10_sampled", "ndcg@10_sampled", "hr@10", "hr@50", "ndcg@50")
-    return [{"round": h["round"], "train_loss": h["train_loss"], "seconds": round(h["seconds"], 3),
+    def r6(x):
+        return None if x is None else float(f"{x:.6g}")
+    return [{"round": h["round"], "train_loss": r6(h["train_loss"]), "seconds": round(h["seconds"], 3),
              "train_seconds": round(h["train_seconds"], 3),
-             **{f"{split}_{k}": h[split][k] for split in ("valid", "test") for k in keys}}
+             **{f"{split}_{k}": r6(h[split][k]) for split in ("valid", "test") for k in keys}}
             for h in history]
 
 

@@ -105,6 +105,21 @@ def client_cost(state) -> ClientCost:
                       int(method.feature_download_scalars), method_down, reported)
 
 
+def parts(state) -> dict:
+    """name -> (category, scalars per client) of every tensor a client holds or receives once:
+    "shared" (the global model), "private", "tuned copy" (PFedRec's E_u, not counted as learnable),
+    "buffer", "features" (FedMR's frozen F_m). The sums by category give ``client_cost``."""
+    spec, U = state.spec, state.n_users
+    out = {name: ("shared", int(v.numel())) for name, v in state.global_.items()}
+    for name, v in state.private.items():
+        out[name] = ("tuned copy" if name in spec.tuned_from else "private", _per_client(v, U))
+    out.update({name: ("buffer", _per_client(v, U)) for name, v in state.buffers.items()})
+    for name, f in getattr(state.method, "features", {}).items():
+        if state.method.feature_download_scalars:
+            out[f"F_{name}"] = ("features", int(f.numel()))
+    return out
+
+
 def rows_up(dataset: Dataset, state, neg_ratio: int) -> float:
     """Mean scalars a client uploads per round when it sends only the item-table rows it trained
     (its positives and at most ``neg_ratio`` negatives each, capped at n) plus the small shared

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from fedmm_lite.cost import (client_cost, cost_at_size, fedmr_paper_layout, gfmfr_paper_client,
-                             measure_seconds, paper_millions, rows_up)
+                             measure_seconds, paper_millions, parts, rows_up)
 from fedmm_lite.fed.state import new_state
 
 from test_fed_equivalence import small_config, tiny_dataset
@@ -54,6 +54,12 @@ def test_counts_by_hand_for_a_small_configuration():
     assert (gfmfr.down_per_round, gfmfr.up_per_round) == (n * d + n, n * d + d + 1)
     fedmr = client_cost(new_state(small_config("fedavg", method="fedmr", router_hidden=5), mm_dataset()))
     assert fedmr.feature_download == n * (12 + 7)                          # mm_dataset's widths
+    by_category = {}
+    for category, scalars in parts(new_state(small_config("fedavg", method="fedmr", router_hidden=5),
+                                             mm_dataset())).values():
+        by_category[category] = by_category.get(category, 0) + scalars
+    assert by_category == {"shared": fedmr.shared, "private": fedmr.private, "features": n * 19}
+    assert parts(new_state(small_config("pfedrec"), data))["E_u"] == ("tuned copy", n * d)
     assert fedmr.stored == fedmr.learnable + fedmr.feature_download
     in_bytes = fedmr.bytes("float32")
     assert in_bytes["up_per_round"] == 4 * fedmr.up_per_round
