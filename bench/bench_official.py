@@ -68,7 +68,7 @@ def _stamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f" if "," in text else "%Y-%m-%d %H:%M:%S")
 
 
-def official_rounds(code: str, log: Path) -> list:
+def parse_official_log(code: str, log: Path) -> list:
     """Per round of the official log: valid and test HR@10 / NDCG@10 and the wall seconds since
     the previous round ended (timestamps: milliseconds for PFedRec, seconds for FedRAP)."""
     rounds, last = {}, None
@@ -110,13 +110,20 @@ def select_like_the_code(rounds: list) -> dict:
     return best
 
 
-def side_by_side(code: str, official: Path, python: str, rounds: int, official_rounds: int) -> dict:
+def side_by_side(code: str, official: Path, python: str, rounds: int, official_rounds: int,
+                 reuse: bool = False) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"official_{code}.log"
     argv = [python, "train.py", *OFFICIAL_ARGS[code], "--num_round", str(official_rounds)]
     print(f"official {code}: {' '.join(argv[1:])} (in {official})", flush=True)
-    theirs = run_child(argv, official, log)
-    theirs["rounds"] = official_rounds(code, log)
+    measures = OUT / f"official_{code}_measures.json"
+    if reuse and measures.is_file() and log.is_file():
+        theirs = json.loads(measures.read_text())        # an earlier run of the same command
+        print(f"official {code}: reusing {measures.name} and {log.name}", flush=True)
+    else:
+        theirs = run_child(argv, official, log)
+        measures.write_text(json.dumps(theirs) + "\n")   # kept before anything else can fail
+    theirs["rounds"] = parse_official_log(code, log)
     theirs["command"] = " ".join(["python", *argv[1:]])
     theirs["rounds_run"] = official_rounds
     label = OURS[code]
@@ -176,6 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("--official-rounds", type=int, default=None,
                         help="run the official code this many rounds only and scale its times")
     parser.add_argument("--table", action="store_true", help="print the table of the last run")
+    parser.add_argument("--reuse-official", action="store_true",
+                        help="reuse the official run's log and measures of an earlier call (same command)")
     args = parser.parse_args(argv)
     if args.table:
         print(table(json.loads((OUT / f"side_by_side_{args.code}.json").read_text())))
@@ -183,7 +192,8 @@ def main(argv=None) -> int:
     if args.official is None or not (args.official / "train.py").is_file():
         parser.error("--official must be the folder of the official code (holding train.py)")
     official_rounds = min(args.official_rounds or args.rounds, args.rounds)
-    print(table(side_by_side(args.code, args.official, args.python, args.rounds, official_rounds)))
+    print(table(side_by_side(args.code, args.official, args.python, args.rounds, official_rounds,
+                             args.reuse_official)))
     return 0
 
 
