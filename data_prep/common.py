@@ -141,13 +141,18 @@ def _write_csv_atomic(path: Path, header: list[str], rows: Iterable[tuple]) -> N
 
 
 def write_folder(out_dir: Path, interactions: list[Interaction],
-                 items: list[tuple[str, str, str]]) -> Path:
+                 items: list[tuple[str, str, str]], keep_tie_order: bool = False) -> Path:
     """Write ``interactions.csv`` (user_id,item_id,timestamp) and ``items.csv``
     (item_id,title,image) into ``out_dir`` (the dataset folder format). Interactions are sorted by
-    user, timestamp, item; items by id. Returns ``out_dir``."""
+    user, timestamp, item; with ``keep_tie_order`` by user and timestamp only, so that rows of one
+    user with the same timestamp keep their input order (the loader's ``ties="file"`` reads it);
+    items by id. Returns ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = sorted(interactions, key=lambda r: (r[0], r[2], r[1]))
+    if keep_tie_order:
+        rows = sorted(interactions, key=lambda r: (r[0], r[2]))     # stable: ties keep input order
+    else:
+        rows = sorted(interactions, key=lambda r: (r[0], r[2], r[1]))
     _write_csv_atomic(out_dir / "items.csv", ["item_id", "title", "image"], sorted(items))
     _write_csv_atomic(out_dir / "interactions.csv", ["user_id", "item_id", "timestamp"], rows)
     return out_dir

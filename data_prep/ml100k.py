@@ -14,6 +14,10 @@ Two raw forms are read:
 
 Every rating is an implicit interaction (the rating value is not used). No k-core by default: the
 PFedRec and FedRAP codes use all 943 users and 1,682 items. ``items.csv`` has an empty ``image``.
+Ratings of one user with the same timestamp are written in the raw file's order, so that the
+loader's ``ties="file"`` holds out the items the PFedRec and FedRAP codes hold out (they break
+timestamp ties by file order). Their ``ratings.dat`` is sorted by user, u.data is not: the two
+raw forms may order a user's tied ratings differently.
 
     python -m data_prep.ml100k --out DIR [--raw PATH] [--k-core K]
 """
@@ -184,7 +188,7 @@ def convert(raw: Path, out_dir: Path, *, k_core_min: int = 0, url: str = URL,
 
     item_ids = sorted({i for _, i, _ in kept}, key=int)
     items = [(item, titles.get(item, ""), "") for item in item_ids]
-    write_folder(out_dir, kept, items)
+    write_folder(out_dir, kept, items, keep_tie_order=True)
     print(f"{NAME}: {sum(1 for _, t, _ in items if not t)} items without title; "
           "no images (ml-100k has none)")
     print_stats(NAME, kept)

@@ -42,7 +42,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _add_data_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="world",
-                   help="world | world-quick | world-full | world-large | movielens-posters | a dataset folder")
+                   help="world | world-quick | world-full | world-large | movielens-posters | ml-100k | "
+                        "a dataset folder")
     p.add_argument("--seed", type=_seed, default=0, help="one seed makes a run repeatable (0 to 2**32 - 1)")
     p.add_argument("--quick", action="store_true", help="quick mode (same as FEDMM_QUICK=1)")
 
@@ -108,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--neg-ratio", type=int, default=None, help="negatives per positive (default 4)")
     p.add_argument("--chunk-size", type=int, default=None, help="clients trained at once (memory bound)")
+    p.add_argument("--dim", type=int, default=None, help="latent size d (default 64)")
+    p.add_argument("--protocol", default=None, choices=("full", "sampled"),
+                   help="full: rank all items, select on valid HR@50 (default); sampled: also rank the "
+                        "target among 99 sampled negatives and select on valid HR@10_sampled (the "
+                        "PFedRec/FedRAP papers' protocol)")
+    p.add_argument("--sampled-pool", default=None, choices=("prior", "official"),
+                   help="where the sampled protocol's negatives come from: prior (default: items not "
+                        "interacted with up to the held-out one) | official (the PFedRec/FedRAP codes': "
+                        "validation and test items excluded too, a mild leak)")
+    p.add_argument("--negatives", default=None, choices=("fresh", "official", "fixed"),
+                   help="training negatives: fresh (default: outside the training set, redrawn every "
+                        "round) | official (the PFedRec/FedRAP codes': held-out items never drawn, a "
+                        "leak) | fixed (a published defect, for the book's demo)")
+    p.add_argument("--ties", default=None, choices=("item", "file"),
+                   help="leave-one-out ties at one timestamp: item (default: the larger item id is newer) "
+                        "| file (the earlier row is newer: the PFedRec/FedRAP codes' split)")
     p.add_argument("--json", dest="json_path", default=None,
                    help="write the result object to this file (stdout then gets a one-line summary); - for stdout")
 

@@ -111,7 +111,8 @@ def _check_json_path(args) -> Path | str | None:
 # FedConfig field <- argparse attribute; only options the user gave override the tuned defaults.
 _OVERRIDES = {"rounds": "rounds", "local_epochs": "local_epochs", "sample_ratio": "sample_ratio",
               "lr": "lr", "batch_size": "batch_size", "neg_ratio": "neg_ratio",
-              "chunk_size": "chunk_size", "eval_every": "eval_every"}
+              "chunk_size": "chunk_size", "eval_every": "eval_every", "dim": "dim",
+              "protocol": "protocol", "sampled_pool": "sampled_pool", "negatives": "negatives"}
 
 
 def build_config(args, **extra):
@@ -230,6 +231,11 @@ def result_json(result, dataset, memory) -> dict:
     out.update(memory.as_dict())
     out["dataset"] = dataset.stats()
     out["random_expectation"] = random_ranker(dataset, "test")
+    if result.config.protocol == "sampled":      # the target among itself + 99 negatives: N = 100
+        from .metrics import SAMPLED_NEGATIVES, random_expectation
+        for metric in ("hr", "ndcg"):
+            out["random_expectation"][f"{metric}@10_sampled"] = random_expectation(
+                SAMPLED_NEGATIVES + 1, 10, metric)
     return out
 
 
@@ -245,13 +251,18 @@ def summary_line(out: dict, target) -> str:
     """One line for stdout when the JSON goes to a file."""
     c = out["config"]
     method = c["method"] if c["method"] != "id" else "ID"
+    if c.get("protocol") == "sampled":
+        selected = (f"valid HR@10 (sampled) {out['valid']['hr@10_sampled']:.4f}), test HR@10 (sampled) "
+                    f"{out['test']['hr@10_sampled']:.4f} NDCG@10 (sampled) {out['test']['ndcg@10_sampled']:.4f}")
+    else:
+        selected = (f"valid HR@50 {out['valid']['hr@50']:.4f}), test HR@50 {out['test']['hr@50']:.4f} "
+                    f"NDCG@50 {out['test']['ndcg@50']:.4f}")
     privacy = out.get("privacy") or {}
     spent = (f"; --dp {privacy['dp']}: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g}"
              + (" (stopped at the target)" if privacy.get("stopped_at_target_epsilon") else "")
              if privacy.get("dp") else "")
     return (f"{c['backbone']} ({method}) on {out['dataset']['name']}: best round {out['best_round']} "
-            f"(valid HR@50 {out['valid']['hr@50']:.4f}), test HR@50 {out['test']['hr@50']:.4f} "
-            f"NDCG@50 {out['test']['ndcg@50']:.4f}{spent}; {out['seconds']:.1f} s; JSON in {target}")
+            f"({selected}{spent}; {out['seconds']:.1f} s; JSON in {target}")
 
 
 def _cold_fraction(args) -> float:
@@ -274,11 +285,15 @@ def cmd_run(args) -> int:
     from .data import load_dataset
     from .resources import PeakMemory
 
-    dataset = load_dataset(args.data, seed=args.seed, cold_fraction=_cold_fraction(args))
+    if config.sampled_pool != "prior" and config.protocol != "sampled":
+        raise OptionError(f"--sampled-pool {config.sampled_pool}: applies to --protocol sampled only")
+    dataset = load_dataset(args.data, seed=args.seed, ties=getattr(args, "ties", None),
+                           cold_fraction=_cold_fraction(args))
     encode_for(args, config, dataset)
     with PeakMemory(resolve_device(config.device)) as memory:
         result = _run(dataset, config)
     out = result_json(result, dataset, memory)
+    out["ties"] = getattr(args, "ties", None) or "item"
     write_json(out, json_path, summary_line(out, json_path))
     if result.diverged:                      # the round names itself and says what helps
         raise OptionError(result.diverged["message"] + (f" (the rounds before it are in {json_path})"

@@ -14,10 +14,19 @@ calibration check of the book.
 
 ``evaluate`` scores users in chunks of ``chunk_size``, so memory is O(chunk_size * n) whatever the
 number of users: the exclusion mask of a chunk is built from the training CSR with one
-``index_put``, never as a dense users x items mask for everybody.
+``index_put``, never as a dense users x items mask for everybody. ``evaluate_splits`` ranks several
+splits (valid and test) from ONE score matrix per chunk: a model is scored once per evaluation
+point, whatever the number of splits and protocols read from the scores.
 
-``sampled_evaluate`` is the optional sampled protocol (target + 99 sampled non-interacted items),
-kept only to compare with the PFedRec / FedRAP papers; it is optimistic compared with full ranking.
+The sampled protocol (target + 99 sampled non-interacted items, HR@10 / NDCG@10; keys
+``*_sampled``) exists only to compare with the PFedRec / FedRAP papers; it is optimistic compared
+with full ranking. Its negatives (``sample_negatives``) come from one of two pools:
+
+- ``"prior"`` (the default): items the user never interacted with up to the held-out item, i.e.
+  outside its training set and not the target; for validation the (later) test item may be drawn;
+- ``"official"``: what the PFedRec / FedRAP codes draw from, outside every interaction of the user,
+  validation and test items included. A mild leak: the validation negatives are chosen knowing the
+  test item (it is never drawn), so model selection reads a little of the test split.
 """
 from __future__ import annotations
 
@@ -161,27 +170,151 @@ def _user_index(dataset: Dataset, users) -> np.ndarray:
     return users
 
 
-def _chunk_exclusion_mask(users: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor,
-                          other: torch.Tensor, n_items: int) -> torch.Tensor:
-    """(c, n) bool mask of the chunk's training items and other held-out items, from the CSR.
-
-    The rows of the chunk are gathered with flat index arithmetic: entry e of user row r sits at
-    ``indptr[u_r] + (e - first entry of row r)`` in ``indices``.
-    """
+def _chunk_train_entries(users: torch.Tensor, indptr: torch.Tensor,
+                         indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols), each (nnz_chunk,): the chunk's training items as entries of a (c, n) matrix,
+    from the CSR. Entry e of user row r sits at ``indptr[u_r] + (e - first entry of row r)`` in
+    ``indices``."""
     c = users.shape[0]
     starts = indptr[users]                                                  # (c,)
     lengths = indptr[users + 1] - starts                                    # (c,)
     rows = torch.repeat_interleave(torch.arange(c, device=users.device), lengths)  # (nnz_chunk,)
     row_first = torch.cumsum(lengths, 0) - lengths                          # (c,)
     within = torch.arange(rows.shape[0], device=users.device) - row_first[rows]    # (nnz_chunk,)
-    cols = indices[starts[rows] + within]                                   # (nnz_chunk,)
+    return rows, indices[starts[rows] + within]
+
+
+def _chunk_exclusion_mask(users: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor,
+                          other: torch.Tensor | None, n_items: int) -> torch.Tensor:
+    """(c, n) bool mask of the chunk's training items and other held-out items (``other`` (c,), or
+    None for none), from the CSR."""
+    c = users.shape[0]
+    rows, cols = _chunk_train_entries(users, indptr, indices)
     mask = torch.zeros(c, n_items, dtype=torch.bool, device=users.device)   # (c, n)
     mask.index_put_((rows, cols), torch.ones_like(rows, dtype=torch.bool))
-    mask[torch.arange(c, device=users.device), other] = True
+    if other is not None:
+        mask[torch.arange(c, device=users.device), other] = True
     return mask
 
 
+def masked_ranks(masked: torch.Tensor, target_score: torch.Tensor, targets: torch.Tensor,
+                 other: torch.Tensor) -> torch.Tensor:
+    """``target_ranks`` of ``targets`` (c,) excluding the training items and ``other`` (c,), from
+    scores whose training entries were set to -inf (``masked`` (c, n)) and the targets' own scores
+    ``target_score`` (c,): count every entry at or above the target, then take back the target
+    itself and the other held-out item when they were counted. The masked matrix serves every split."""
+    rows = torch.arange(masked.shape[0], device=masked.device)              # (c,)
+    t = target_score.unsqueeze(1)                                           # (c, 1)
+    # #{j : s_j >= s_t} over non-training items (an int32 sum avoids an int64 copy of the mask)
+    count = (masked >= t).sum(dim=1, dtype=torch.int32).long()             # (c,)
+    count -= (masked[rows, targets] >= target_score).long()                 # the target itself
+    count -= ((masked[rows, other] >= target_score) & (other != targets)).long()   # the other item
+    return 1 + count
+
+
+def _check_scores(scores, chunk: torch.Tensor, n: int, device) -> torch.Tensor:
+    """``score_fn``'s answer for ``chunk``, checked: a (c, n) tensor of finite values, on ``device``."""
+    if not isinstance(scores, torch.Tensor) or scores.shape != (chunk.shape[0], n):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
+        raise ValueError(f"evaluate: score_fn must return a tensor of shape "
+                         f"({chunk.shape[0]}, {n}) (users, items), got {shape}")
+    scores = scores.to(device)                                                   # (c, n)
+    bad_rows = ~torch.isfinite(scores).all(dim=1)
+    if bool(bad_rows.any()):
+        bad = chunk[bad_rows][:5].tolist()
+        raise NonFiniteScores(f"scores are NaN or infinite for {int(bad_rows.sum())} users "
+                              f"(first user indices {bad})")
+    return scores
+
+
+def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Rank of each target among itself and its sampled negatives (the sampled protocol).
+
+    ``scores`` (c, n), ``targets`` (c,), ``negatives`` (c, m) item indices. rank = 1 + #{sampled j :
+    score_j >= score_t}: ties count against the target, as in ``target_ranks``. (c,) int64."""
+    # candidate column 0 is the target, columns 1.. the sampled negatives
+    candidates = torch.cat([targets.unsqueeze(1), negatives], dim=1)            # (c, 1 + m)
+    cand_scores = scores.gather(1, candidates)                                  # (c, 1 + m)
+    no_mask = torch.zeros_like(cand_scores, dtype=torch.bool)                   # (c, 1 + m)
+    zeros = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)  # (c,)
+    return target_ranks(cand_scores, zeros, no_mask)
+
+
 @torch.no_grad()
+def evaluate_splits(score_fn: ScoreFn, dataset: Dataset, splits: Sequence[str] = SPLITS,
+                    ks: Iterable[int] = (10, 20, 50), chunk_size: int = 1024,
+                    device: str | torch.device = "cpu", users=None, return_ranks: bool = False,
+                    sampled: dict | None = None, sampled_ks: Iterable[int] = (10,)) -> dict:
+    """Full-ranking HR@K / NDCG@K of ``score_fn`` on each of ``splits``, from one score matrix per
+    chunk of users (book/methods.md, "Protocol").
+
+    ``score_fn(users)`` gets a LongTensor (c,) of user indices on ``device`` (c <= ``chunk_size``)
+    and returns scores (c, n) for all items; it is called ONCE per chunk, whatever the number of
+    splits. For each split the training items and the other held-out item are excluded, then
+    ``target_ranks`` and ``hr_ndcg`` apply. ``users`` (optional) restricts evaluation to those user
+    indices, in that order. ``sampled`` (optional) maps a split to its sampled negatives (U, m)
+    (``sample_negatives``): that split then also gets the sampled protocol's ``hr@K_sampled`` /
+    ``ndcg@K_sampled`` for K in ``sampled_ks``, from the same scores.
+
+    Returns ``{split: {'hr@K', 'ndcg@K', ...}}``, and per split ``'ranks'`` (numpy (m,) int64, in
+    user order) when ``return_ranks``.
+    """
+    splits = list(splits)
+    items = {split: _split_items(dataset, split) for split in splits}
+    if not splits or len(set(splits)) != len(splits):
+        raise OptionError(f"metrics: splits must be distinct names among {', '.join(SPLITS)}, got {splits}")
+    ks = _check_ks(ks)
+    sampled = dict(sampled or {})
+    unknown = sorted(set(sampled) - set(splits))
+    if unknown:
+        raise OptionError(f"metrics: sampled negatives for {unknown}, which are not evaluated")
+    if sampled:
+        sampled_ks = _check_ks(sampled_ks)
+    if chunk_size < 1:
+        raise OptionError(f"metrics: chunk_size must be >= 1, got {chunk_size}")
+    user_idx = _user_index(dataset, users)
+    if user_idx.size == 0:
+        raise ValueError("evaluate: no users to evaluate")
+    device = torch.device(device)
+    n = dataset.n_items
+    as_long = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)  # noqa: E731
+    indptr, indices = as_long(dataset.train_indptr), as_long(dataset.train_indices)  # (U+1,), (nnz,)
+    targets = {split: as_long(t) for split, (t, _) in items.items()}                 # (U,) each
+    others = {split: as_long(o) for split, (_, o) in items.items()}                  # (U,) each
+    negatives = {split: as_long(neg) for split, neg in sampled.items()}              # (U, m) each
+    for split, neg in negatives.items():
+        if neg.dim() != 2 or neg.shape[0] != dataset.n_users:
+            raise ValueError(f"evaluate: sampled negatives of {split} must be (users, m) = "
+                             f"({dataset.n_users}, m), got {tuple(neg.shape)}")
+    users_all = as_long(user_idx)                                                    # (m,)
+
+    ranks = {split: [] for split in splits}
+    ranks_sampled = {split: [] for split in negatives}
+    for lo in range(0, users_all.shape[0], chunk_size):
+        chunk = users_all[lo:lo + chunk_size]                                        # (c,)
+        scores = _check_scores(score_fn(chunk), chunk, n, device)                    # (c, n)
+        rows = torch.arange(chunk.shape[0], device=device)
+        # training items are never candidates: -inf cannot reach a (finite) target's score
+        masked = scores.index_put(_chunk_train_entries(chunk, indptr, indices),
+                                  torch.tensor(-math.inf, dtype=scores.dtype, device=device))
+        for split in splits:
+            target = targets[split][chunk]                                           # (c,)
+            target_score = scores[rows, target]                                      # (c,)
+            ranks[split].append(masked_ranks(masked, target_score, target, others[split][chunk]))
+            if split in negatives:
+                ranks_sampled[split].append(sampled_ranks(scores, target, negatives[split][chunk]))
+    out: dict = {}
+    for split in splits:
+        ranks_t = torch.cat(ranks[split]).cpu()                                      # (m,)
+        out[split] = hr_ndcg(ranks_t, ks)
+        if split in ranks_sampled:
+            metrics = hr_ndcg(torch.cat(ranks_sampled[split]).cpu(), sampled_ks)
+            out[split].update({f"{name}_sampled": value for name, value in metrics.items()})
+        if return_ranks:
+            out[split]["ranks"] = ranks_t.numpy()
+    return out
+
+
 def evaluate(score_fn: ScoreFn, dataset: Dataset, split: str = "valid",
              ks: Iterable[int] = (10, 20, 50), chunk_size: int = 1024,
              device: str | torch.device = "cpu", users=None,
@@ -193,105 +326,70 @@ def evaluate(score_fn: ScoreFn, dataset: Dataset, split: str = "valid",
     held-out item are excluded, then ``target_ranks`` and ``hr_ndcg`` apply. ``users`` (optional)
     restricts evaluation to those user indices, in that order. Returns ``{'hr@K', 'ndcg@K'}`` means
     over users and, when ``return_ranks``, ``'ranks'`` (numpy (m,) int64, in user order).
+    ``evaluate_splits`` does several splits from one scoring.
     """
-    targets_np, other_np = _split_items(dataset, split)
-    ks = _check_ks(ks)
-    if chunk_size < 1:
-        raise OptionError(f"metrics: chunk_size must be >= 1, got {chunk_size}")
-    user_idx = _user_index(dataset, users)
-    if user_idx.size == 0:
-        raise ValueError("evaluate: no users to evaluate")
-    device = torch.device(device)
-    n = dataset.n_items
-    indptr = torch.as_tensor(dataset.train_indptr, dtype=torch.long, device=device)    # (U+1,)
-    indices = torch.as_tensor(dataset.train_indices, dtype=torch.long, device=device)  # (nnz,)
-    targets_all = torch.as_tensor(targets_np, dtype=torch.long, device=device)         # (U,)
-    other_all = torch.as_tensor(other_np, dtype=torch.long, device=device)             # (U,)
-    users_all = torch.as_tensor(user_idx, dtype=torch.long, device=device)             # (m,)
-
-    ranks = []
-    for lo in range(0, users_all.shape[0], chunk_size):
-        chunk = users_all[lo:lo + chunk_size]                                    # (c,)
-        scores = score_fn(chunk)
-        if not isinstance(scores, torch.Tensor) or scores.shape != (chunk.shape[0], n):
-            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
-            raise ValueError(f"evaluate: score_fn must return a tensor of shape "
-                             f"({chunk.shape[0]}, {n}) (users, items), got {shape}")
-        scores = scores.to(device)                                               # (c, n)
-        bad_rows = ~torch.isfinite(scores).all(dim=1)
-        if bool(bad_rows.any()):
-            bad = chunk[bad_rows][:5].tolist()
-            raise NonFiniteScores(f"scores are NaN or infinite for {int(bad_rows.sum())} users "
-                                  f"(first user indices {bad})")
-        mask = _chunk_exclusion_mask(chunk, indptr, indices, other_all[chunk], n)  # (c, n)
-        ranks.append(target_ranks(scores, targets_all[chunk], mask))
-    ranks_t = torch.cat(ranks).cpu()                                             # (m,)
-    out: dict = hr_ndcg(ranks_t, ks)
-    if return_ranks:
-        out["ranks"] = ranks_t.numpy()
-    return out
+    return evaluate_splits(score_fn, dataset, (split,), ks=ks, chunk_size=chunk_size, device=device,
+                           users=users, return_ranks=return_ranks)[split]
 
 
-def sample_negatives(dataset: Dataset, n_negatives: int = 99, seed: int = 0) -> np.ndarray:
-    """(U, n_negatives) items drawn per user uniformly without replacement from the items the user
-    never interacted with (not in training, not the validation item, not the test item).
+POOLS = ("prior", "official")
+SAMPLED_NEGATIVES = 99
 
-    Deterministic for a ``seed`` (one ``np.random.Generator``, users in index order), and the same
-    for both splits, as in the sampled protocol of the PFedRec / FedRAP code.
+
+def sample_negatives(dataset: Dataset, n_negatives: int = SAMPLED_NEGATIVES, seed: int = 0,
+                     split: str = "test", pool: str = "official") -> np.ndarray:
+    """(U, n_negatives) items drawn per user uniformly without replacement from the sampled
+    protocol's ``pool`` for ``split`` (module docstring):
+
+    - ``"official"``: items the user never interacted with (not in training, not the validation
+      item, not the test item), the same pool for both splits (the PFedRec / FedRAP codes; a mild
+      leak for validation);
+    - ``"prior"``: items the user had not interacted with up to the held-out item: not in training
+      and not the target; for ``test`` the validation item is excluded too (it came before), for
+      ``valid`` the later test item may be drawn.
+
+    Deterministic for a ``seed`` (one ``np.random.Generator``, users in index order). With the
+    official pool both splits get the same draw, as the FedRAP code does.
     """
+    if pool not in POOLS:
+        raise OptionError(f"metrics: pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    _split_items(dataset, split)                                                  # validates split
     n = dataset.n_items
     rng = np.random.default_rng(seed)
     out = np.empty((dataset.n_users, n_negatives), dtype=np.int64)
     allowed = np.ones(n, dtype=bool)                                              # (n,)
     for u in range(dataset.n_users):
-        seen = np.concatenate([dataset.train_items(u),
-                               [dataset.valid_items[u], dataset.test_items[u]]])
+        held = ([dataset.valid_items[u]] if pool == "prior" and split == "valid"
+                else [dataset.valid_items[u], dataset.test_items[u]])
+        seen = np.concatenate([dataset.train_items(u), held])
         allowed[seen] = False
-        pool = np.flatnonzero(allowed)                                            # (n - |seen|,)
+        candidates = np.flatnonzero(allowed)                                      # (n - |seen|,)
         allowed[seen] = True
-        if pool.size < n_negatives:
+        if candidates.size < n_negatives:
             raise OptionError(f"metrics: n_negatives={n_negatives} but user {u} has only "
-                              f"{pool.size} items never interacted with")
-        out[u] = rng.choice(pool, size=n_negatives, replace=False)
+                              f"{candidates.size} items never interacted with")
+        out[u] = rng.choice(candidates, size=n_negatives, replace=False)
     return out
 
 
-@torch.no_grad()
 def sampled_evaluate(score_fn: ScoreFn, dataset: Dataset, split: str = "test",
-                     n_negatives: int = 99, k: int = 10, seed: int = 0,
-                     chunk_size: int = 1024, device: str | torch.device = "cpu") -> dict:
+                     n_negatives: int = SAMPLED_NEGATIVES, k: int = 10, seed: int = 0,
+                     chunk_size: int = 1024, device: str | torch.device = "cpu",
+                     pool: str = "official") -> dict:
     """Sampled-protocol HR@K / NDCG@K (PFedRec / FedRAP papers), labelled ``*_sampled``.
 
     Exists ONLY to compare with the numbers of the PFedRec and FedRAP papers, which rank the target
     among itself plus ``n_negatives`` (99) items sampled uniformly without replacement from the
-    user's never-interacted items (``sample_negatives``). It is optimistic compared with the
-    full-ranking ``evaluate`` (99 random rivals instead of all ~n), so never mix the two in a
+    user's never-interacted items (``sample_negatives``, ``pool``). It is optimistic compared with
+    the full-ranking ``evaluate`` (99 random rivals instead of all ~n), so never mix the two in a
     table. Ranks use the same rule as ``target_ranks`` (ties count against the target):
     rank = 1 + #{sampled j : score_j >= score_t}; HR@K = 1[rank <= K]; NDCG@K = HR@K/log2(1+rank).
     Returns ``{'hr@K_sampled', 'ndcg@K_sampled'}``.
     """
-    targets_np, _ = _split_items(dataset, split)
-    if chunk_size < 1:
-        raise OptionError(f"metrics: chunk_size must be >= 1, got {chunk_size}")
-    device = torch.device(device)
-    negatives = sample_negatives(dataset, n_negatives, seed)                     # (U, 99)
-    # candidate column 0 is the target, columns 1.. the sampled negatives
-    candidates = np.concatenate([targets_np[:, None], negatives], axis=1)        # (U, 1 + 99)
-    candidates_t = torch.as_tensor(candidates, dtype=torch.long, device=device)
-    ranks = []
-    for lo in range(0, dataset.n_users, chunk_size):
-        chunk = torch.arange(lo, min(lo + chunk_size, dataset.n_users), device=device)  # (c,)
-        scores = score_fn(chunk)
-        if not isinstance(scores, torch.Tensor) or scores.shape != (chunk.shape[0], dataset.n_items):
-            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
-            raise ValueError(f"sampled_evaluate: score_fn must return a tensor of shape "
-                             f"({chunk.shape[0]}, {dataset.n_items}), got {shape}")
-        cand_scores = scores.to(device).gather(1, candidates_t[chunk])           # (c, 1 + 99)
-        no_mask = torch.zeros_like(cand_scores, dtype=torch.bool)                # (c, 1 + 99)
-        zeros = torch.zeros(chunk.shape[0], dtype=torch.long, device=device)     # (c,)
-        ranks.append(target_ranks(cand_scores, zeros, no_mask))
-    metrics = hr_ndcg(torch.cat(ranks).cpu(), [k])
-    return {f"{name}_sampled": value for name, value in metrics.items()}
+    negatives = sample_negatives(dataset, n_negatives, seed, split, pool)        # (U, 99)
+    out = evaluate_splits(score_fn, dataset, (split,), ks=(k,), chunk_size=chunk_size,
+                          device=device, sampled={split: negatives}, sampled_ks=(k,))[split]
+    return {key: value for key, value in out.items() if key.endswith("_sampled")}
 
 
 @torch.no_grad()

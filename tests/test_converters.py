@@ -102,10 +102,12 @@ def test_the_preset_uses_the_registered_converter(monkeypatch, tmp_path, tiny_fo
     assert calls == [tmp_path] and (dataset.n_users, dataset.n_items) == (12, 20)
 
 
-def test_pyproject_declares_the_movielens_converter():
+def test_pyproject_declares_the_converters():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     with open(REPO / "pyproject.toml", "rb") as f:
         declared = tomllib.load(f)["project"]["entry-points"]["fedmm_lite.converters"]
-    assert declared == {"movielens-posters": "data_prep.movielens_posters:convert"}
-    module, _, function = declared["movielens-posters"].partition(":")
-    assert callable(getattr(importlib.import_module(module), function))
+    assert declared == {"movielens-posters": "data_prep.movielens_posters:convert",
+                        "ml-100k": "data_prep.ml100k:convert"}
+    for target in declared.values():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function))

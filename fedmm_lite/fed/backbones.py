@@ -250,6 +250,66 @@ def eval_id_tables(state, users: torch.Tensor) -> dict:
     raise ValueError(f"eval_id_tables: unknown backbone {name!r}")
 
 
+def eval_scores(state, users: torch.Tensor) -> torch.Tensor:
+    """Logits (c, n) of every item for ``users`` from the backbone's own ID tables: what
+    ``score(backbone, eval_params, eval_id_tables)`` gives, without building per-user (c, n, d)
+    tables where the score is linear in them (evaluation's fast path, ``method.full_scores``):
+
+        PFedRec: s_ui = w_u . E_u[i] + b_u   per snapshot of E, then the tuned rows (TunedTables.dot)
+        FedRAP:  s_ui = w_u . C[i] + w_u . D_u[i] + b_u   (C shared: one (c, d) x (d, n) product)
+    """
+    name = state.backbone
+    if name == "fedncf":
+        return _ncf_eval_scores(eval_params(state, users), state.global_)
+    if name not in ("pfedrec", "fedrap"):
+        return score(name, eval_params(state, users), eval_id_tables(state, users))
+    g, p, dt = state.global_, state.private, state.dtype
+    w, b = p["w"][users], p["b"][users]                                        # (c, d), (c,)
+    if name == "pfedrec":
+        joined = state.joined[users]                                            # (c,)
+        out = w @ g["E"].T                                                      # (c, n): unjoined users read E
+        if bool(joined.any()):
+            rows = torch.nonzero(joined).flatten()
+            out[rows] = p["E_u"].dot(users[rows], w[rows])
+        return out + b.unsqueeze(1)
+    # w_u . (C[i] + D_u[i]) = w_u . C[i] + w_u . D_u[i]
+    personal = torch.bmm(_user_rows(p["D"], users).to(dt), w.unsqueeze(-1)).squeeze(-1)  # (c, n)
+    return w @ g["C"].T + personal + b.unsqueeze(1)
+
+
+NCF_EVAL_BLOCK = 4     # users whose (users, n, h) tower activations are built at once (cache-sized)
+
+
+def _ncf_eval_scores(params: dict, g: dict) -> torch.Tensor:
+    """FedNCF's ``score`` at evaluation, where the tower and the item tables are global: the GMF
+    branch and the first layer's item half are products computed once, the rest of the tower runs
+    on a few users at a time. (c, n)."""
+    d = g["Q_gmf"].shape[1]
+    h, W0 = params["h"], params["W0"]                                       # (d + last,), (h_0, 2d)
+    # h . [p_u * q_i ; x_ui] = (p_u * h[:d]) . q_i + h[d:] . x_ui
+    gmf = (params["p_gmf"] * h[:d]) @ g["Q_gmf"].T                          # (c, n)
+    item_half = g["Q_mlp"] @ W0[:, d:].T                                    # (n, h_0)
+    user_half = params["p_mlp"] @ W0[:, :d].T + params["c0"]                # (c, h_0)
+    mlp = torch.empty_like(gmf)                                             # (c, n)
+    for lo in range(0, gmf.shape[0], NCF_EVAL_BLOCK):
+        # x = relu(W0 [p'_u ; q'_i] + c0), then x <- relu(W_k x + c_k)
+        x = torch.relu(item_half + user_half[lo:lo + NCF_EVAL_BLOCK].unsqueeze(1))  # (b, n, h_0)
+        for k in range(1, ncf_depth(params)):
+            x = torch.relu(torch.addmm(params[f"c{k}"], x.flatten(0, 1), params[f"W{k}"].T)
+                           .view(x.shape[0], x.shape[1], -1))               # (b, n, h_k)
+        mlp[lo:lo + NCF_EVAL_BLOCK] = x @ h[d:]                             # (b, n)
+    return gmf + mlp + params["h0"]
+
+
+def _user_rows(table: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    """``table[users]``, as a view (no copy) when ``users`` are consecutive, as evaluation's chunks are."""
+    first = int(users[0]) if users.numel() else 0
+    if users.numel() and bool((users == torch.arange(first, first + users.numel(),
+                                                     device=users.device)).all()):
+        return table[first:first + users.numel()]
+    return table[users]
+
+
 def eval_params(state, users: torch.Tensor) -> dict:
     """What ``score`` reads at evaluation: the users' private vectors and the global modules."""
     spec = state.spec

@@ -40,6 +40,8 @@ GFMFR_ABLATIONS = ("none", "random-group", "single-group", "multiple-agg")
 FUSION_STRATEGIES = ("mix", "sum", "mlp", "gate")
 # FedMR Eq. (5)'s router input during local training (fedmr.py): exact, or one of two estimates
 ROUTER_INPUTS = ("exact", "epoch", "batch")
+PROTOCOLS = ("full", "sampled")
+SAMPLED_POOLS = ("prior", "official")
 # FedMR's module step, chosen on VALIDATION HR@50 of world-quick (FedAvg, 5 rounds, H = 1, quick
 # mode; the backbone's item_lr and lr kept): fusion_lr 0.1: 0.650 | 0.5: 0.639; item_lr 100 instead
 # of 1000 with fusion_lr 0.1: 0.400. With a random (not identity) A_id and raw thumbnail features,
@@ -89,11 +91,15 @@ class FedConfig:
     chunk_size: int = 1024        # at most this many clients trained at once by the batched engine
     chunk_samples: int = 1 << 20  # and at most this many padded samples (clients x longest): memory bound
     eval_every: int = 1           # evaluate valid and test every this many rounds
+    protocol: str = "full"        # full (rank all items; select on valid HR@50) | sampled (target + 99
+                                  # sampled negatives, select on valid HR@10_sampled: the PFedRec/FedRAP papers)
+    sampled_pool: str = "prior"   # sampled protocol's negatives: prior | official (a mild leak; metrics.py)
     seed: int = 0                 # one seed makes a run repeatable on the same device
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     engine: str = "batched"       # batched (engine.py) | oracle (oracle.py, the per-client reference)
     noise: str = "none"           # none | gaussian:STD | laplace:SCALE on every upload
-    negatives: str = "fresh"      # fresh | fixed (published defect 4, for the pitfall demo only)
+    negatives: str = "fresh"      # fresh | fixed (published defect 4, for the pitfall demo only) |
+                                  # official (the PFedRec/FedRAP codes' leak: held-out items never drawn)
     init_std: float = 0.1         # N(0, init_std^2) initialisation of embeddings and score vectors
     ncf_layers: tuple = (64, 32)  # FedNCF tower widths after the (2d,) input
     fedrap_lambda: float = 0.1    # FedRAP lambda (differentiation weight, reached as tanh(t/10) * lambda)
@@ -161,10 +167,14 @@ def validate(config: FedConfig) -> FedConfig:
         raise OptionError(f"--backbone {c.backbone!r}: choose one of {', '.join(BACKBONES)}")
     if c.method not in METHODS:
         raise OptionError(f"--method {c.method!r}: the ID engine supports {', '.join(METHODS)}")
-    if c.negatives not in ("fresh", "fixed"):
-        raise OptionError(f"negatives {c.negatives!r}: fresh | fixed")
+    if c.negatives not in ("fresh", "fixed", "official"):
+        raise OptionError(f"negatives {c.negatives!r}: fresh | fixed | official")
     if c.engine not in ENGINES:
         raise OptionError(f"engine {c.engine!r}: choose one of {', '.join(ENGINES)}")
+    if c.protocol not in PROTOCOLS:
+        raise OptionError(f"--protocol {c.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    if c.sampled_pool not in SAMPLED_POOLS:
+        raise OptionError(f"--sampled-pool {c.sampled_pool!r}: choose one of {', '.join(SAMPLED_POOLS)}")
     if c.feature_map_form not in MAP_FORMS:
         raise OptionError(f"feature_map_form {c.feature_map_form!r}: choose one of {', '.join(MAP_FORMS)}")
     checks = [
@@ -175,7 +185,7 @@ def validate(config: FedConfig) -> FedConfig:
         (0 <= c.neg_ratio <= MAX_NEG_RATIO, f"--neg-ratio {c.neg_ratio}: must be from 0 to "
                                             f"{MAX_NEG_RATIO} negatives per positive (the papers use 1 to 4)"),
         (0 <= c.seed <= MAX_SEED, f"--seed {c.seed}: must be an integer from 0 to {MAX_SEED}"),
-        (c.dim >= 1, f"dim {c.dim}: must be >= 1"),
+        (c.dim >= 1, f"--dim {c.dim}: must be >= 1"),
         (c.chunk_size >= 1, f"--chunk-size {c.chunk_size}: must be >= 1"),
         (c.chunk_samples >= 1, f"chunk_samples {c.chunk_samples}: must be >= 1"),
         (c.eval_every >= 1, f"eval_every {c.eval_every}: must be >= 1"),

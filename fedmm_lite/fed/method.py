@@ -169,6 +169,12 @@ def make_method(config, dataset):
 @torch.no_grad()
 def full_scores(state, users: torch.Tensor) -> torch.Tensor:
     """Logits (c, n) of every item for ``users`` (c,), from the stored state: the method's item
-    representation through the backbone's score function (evaluation)."""
+    representation through the backbone's score function (evaluation).
+
+    A method that scores the ID tables as they are (it keeps ``IdMethod.eval_items``: the ID method,
+    GFMFR) takes ``backbones.eval_scores``, the same logits without building PFedRec's or FedRAP's
+    per-user (c, n, d) tables."""
+    if type(state.method).eval_items is IdMethod.eval_items:
+        return backbones.eval_scores(state, users)
     items = state.method.eval_items(state, users, backbones.eval_id_tables(state, users))
     return backbones.score(state.backbone, backbones.eval_params(state, users), items)

@@ -10,7 +10,9 @@ A round t = 1..T (book/methods.md, "Protocol"):
 3. the uploads are privatised (privacy.py) before the server sees them;
 4. the server aggregates them with the backbone's rule and runs the method's server step
    (server.py), from its own state and the uploads only;
-5. every ``eval_every`` rounds (and at the last), valid and test are evaluated with full ranking.
+5. every ``eval_every`` rounds (and at the last), valid and test are evaluated with full ranking
+   (and, under ``protocol="sampled"``, the sampled protocol too), both from one score matrix per
+   chunk of users (``metrics.evaluate_splits``).
 
 Under ``dp`` (privacy.py) participants are Poisson-sampled, uploads are clipped and noised (by each
 client, or by the server), the accountant (accounting.py) records epsilon after every round, and
@@ -21,7 +23,8 @@ must be compared with; the server never sees them).
 ``FederatedRun(dataset, config)`` holds a run's state; iterating it yields one ``RoundRecord`` per
 round (round 0 evaluates the untrained model), so a caller can time, draw a progress bar or stop
 early without patching anything. ``run_federated`` consumes it and selects the round with the best
-VALIDATION HR@50 (earliest on ties); test is read at that round, never used to select.
+VALIDATION HR@50 (earliest on ties; under the sampled protocol the best validation HR@10_sampled,
+the papers' rule); test is read at that round, never used to select.
 """
 from __future__ import annotations
 
@@ -36,11 +39,11 @@ import torch
 from ..config import progress_bar, resolve_device
 from ..errors import OptionError
 from ..data import NegativeSampler
-from ..metrics import NonFiniteScores, evaluate, evaluate_cold
+from ..metrics import NonFiniteScores, evaluate_cold, evaluate_splits, sample_negatives
 from . import engine, oracle
 from .config import FedConfig, validate
 from .method import full_scores, make_method
-from .pitfalls import FixedLowestNegatives
+from .pitfalls import FixedLowestNegatives, HeldOutExcludedNegatives
 from .plan import chunks, make_plan, sample_participants
 from .accounting import Accountant
 from .privacy import dp_spec, parse_noise, poisson_participants, privatise, upload_norms
@@ -49,7 +52,9 @@ from .state import count_parameters, init_state
 
 KS = (10, 20, 50)
 SELECT_ON = "hr@50"
+SELECT_ON_SAMPLED = "hr@10_sampled"    # the sampled protocol selects as the PFedRec/FedRAP codes do
 TRAINERS = {"batched": engine, "oracle": oracle}
+SAMPLERS = {"fresh": NegativeSampler, "fixed": FixedLowestNegatives, "official": HeldOutExcludedNegatives}
 CHUNK_SPREAD = 2.0      # the longest client of a chunk has at most twice the samples of its shortest
 NOISE_SEED_OFFSET = 1_000_003   # the upload noise has a generator of its own: seed + this
 
@@ -150,7 +155,10 @@ class FederatedRun:
     generators (plan and initialisation; upload noise)."""
 
     def __init__(self, dataset, config: FedConfig):
-        self.config = config = validate(config)
+        config = validate(config)
+        if config.backbone == "popularity":              # nothing to train: no rounds are recorded
+            config = dataclasses.replace(config, rounds=0)
+        self.config = config
         self.dataset = dataset
         self.device = resolve_device(config.device)
         self.generator = torch.Generator().manual_seed(config.seed)                 # plan, init
@@ -168,11 +176,17 @@ class FederatedRun:
         if config.backbone != "popularity":
             self.method = make_method(config, dataset)
             self.state = init_state(config, dataset, self.generator, self.device, self.method)
-            # fresh uniform negatives every round; "fixed" reproduces defect 4 for the book's demo
-            self.sampler = (FixedLowestNegatives if config.negatives == "fixed"
-                            else NegativeSampler)(dataset, "cpu")
+            # fresh uniform negatives every round; "fixed" reproduces defect 4 for the book's demo,
+            # "official" the PFedRec/FedRAP codes' leak (pitfalls.py)
+            self.sampler = SAMPLERS[config.negatives](dataset, "cpu")
             self.sizes = torch.as_tensor(np.diff(np.asarray(dataset.train_indptr)), dtype=torch.long)
             self.trainer = TRAINERS[config.engine]
+        # the sampled protocol's negatives: drawn once per run, per split (metrics.sample_negatives)
+        self.sampled = None
+        if config.protocol == "sampled":
+            self.sampled = {split: sample_negatives(dataset, seed=config.seed, split=split,
+                                                    pool=config.sampled_pool)
+                            for split in ("valid", "test")}
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """Scores (c, n) of every item for ``users``: the current model as evaluation reads it."""
@@ -182,23 +196,18 @@ class FederatedRun:
         return full_scores(self.state, users)
 
     def evaluate(self, t: int = 0) -> tuple[dict, dict]:
-        """(valid, test) metrics of the current model (after round ``t``), full ranking."""
-        kw = dict(ks=KS, chunk_size=self.config.eval_chunk_size, device=self.device)
-        cache = {}
-
-        def score(users):          # valid and test rank the same scores: compute each chunk once
-            key = users.cpu().numpy().tobytes()
-            if key not in cache:
-                cache[key] = self.score(users)
-            return cache[key]
-
+        """(valid, test) metrics of the current model (after round ``t``): full ranking, plus the
+        sampled protocol's keys under ``protocol="sampled"``. One scoring of every user serves both
+        splits (``metrics.evaluate_splits``); under a cold-item split the held-out items' metrics
+        join test's (``metrics.evaluate_cold``)."""
+        kw = dict(chunk_size=self.config.eval_chunk_size, device=self.device)
         try:
-            test = evaluate(score, self.dataset, "test", **kw)
-            # the cold-item split: the held-out items' metrics join test's (metrics.evaluate_cold)
-            test.update(evaluate_cold(score, self.dataset, **kw))
-            return evaluate(score, self.dataset, "valid", **kw), test
+            out = evaluate_splits(self.score, self.dataset, ("valid", "test"), ks=KS,
+                                  sampled=self.sampled, **kw)
+            out["test"].update(evaluate_cold(self.score, self.dataset, ks=KS, **kw))
         except NonFiniteScores as err:      # a private tensor diverged: say so, not a traceback
             raise self._diverged(t, str(err)) from None
+        return out["valid"], out["test"]
 
     def _diverged(self, t: int, what: str) -> FloatingPointError:
         """The error of a diverged run, with what helps: noise without clipping is unbounded next
@@ -320,6 +329,11 @@ class RunResult:
         }
 
 
+def selection_key(config: FedConfig) -> str:
+    """The validation metric that selects the round: HR@50 (full ranking) or HR@10_sampled."""
+    return SELECT_ON_SAMPLED if config.protocol == "sampled" else SELECT_ON
+
+
 def select_best(history: list, key: str = SELECT_ON) -> dict:
     """The history entry with the best validation ``key`` (earliest on ties). Never looks at test."""
     best = history[0]
@@ -331,6 +345,7 @@ def select_best(history: list, key: str = SELECT_ON) -> dict:
 
 def _record_rounds(run, result, t0, norms_per_round, bar) -> None:
     """Every round of ``run``, recorded into ``result`` as it comes (``run_federated``)."""
+    key = selection_key(run.config)
     for record in run:
         result.train_seconds += record.train_seconds
         result.client_updates += record.participants
@@ -350,7 +365,7 @@ def _record_rounds(run, result, t0, norms_per_round, bar) -> None:
         if record.round > 0:
             bar.update(1)
             bar.set_postfix(loss=f"{record.train_loss:.4f}",
-                            hr50=f"{result.history[-1]['valid']['hr@50']:.4f}")
+                            valid=f"{result.history[-1]['valid'][key]:.4f}")
 
 
 def run_federated(dataset, config: FedConfig, progress: bool = True,
@@ -363,6 +378,7 @@ def run_federated(dataset, config: FedConfig, progress: bool = True,
     run = FederatedRun(dataset, config)
     result = RunResult(config=run.config)
     bar = progress_bar(run.config.rounds, f"{run.config.backbone} rounds", progress and run.state is not None)
+    key = selection_key(run.config)
     norms_per_round = []
     try:
         _record_rounds(run, result, t0, norms_per_round, bar)
@@ -371,7 +387,7 @@ def run_federated(dataset, config: FedConfig, progress: bool = True,
             raise
         result.diverged = {"round": getattr(error, "round", None), "message": str(error)}
     bar.close()
-    best = select_best(result.history)
+    best = select_best(result.history, key)
     result.best_round, result.valid, result.test = best["round"], best["valid"], best["test"]
     result.seconds = time.perf_counter() - t0
     if run.state is not None:

@@ -70,6 +70,41 @@ class TunedTables:
         out[owner[used], item[used]] = self.rows[slots[used]]
         return out
 
+    DOT_BLOCK = 32      # users whose tuned rows are multiplied at once in ``dot`` (cache-sized)
+
+    def dot(self, users: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """E_u[i] . v_u for every item: (c, n) from ``vectors`` (c, d), without building the dense
+        (c, n, d) tables: one (c_k, d) x (d, n) product per snapshot k the users start from, then
+        the tuned rows' dot products written over their entries. Equals
+        ``einsum("cnd,cd->cn", self.tables(users), vectors)`` (computed in ``vectors.dtype``)."""
+        users = users.to(self.device)
+        c, n, dt = users.shape[0], self.n_items, vectors.dtype
+        # (c n + 1,): the scores, then one spare entry that receives the empty slots' values
+        buffer = torch.zeros(c * n + 1, dtype=dt, device=self.device)
+        out = buffer[:-1].view(c, n)                                              # (c, n)
+        snap = self.snapshot_of[users]                                           # (c,)
+        for k in torch.unique(snap[snap >= 0]).tolist():
+            rows = torch.nonzero(snap == k).flatten()                            # (c_k,)
+            # E^(t_u)[i] . v_u for all i: (c_k, d) x (d, n)
+            out[rows] = vectors[rows] @ self.snapshots[k].to(dt).T
+        for lo in range(0, c, self.DOT_BLOCK):
+            block = users[lo:lo + self.DOT_BLOCK]                                # (b,)
+            first, last = self.offsets[block], self.offsets[block + 1]
+            count = last - first                                                 # (b,)
+            if bool((first[1:] == last[:-1]).all()):   # consecutive users: their slots are a slice
+                slots = slice(int(first[0]), int(last[-1]))
+            else:
+                slots, _ = self._slots_of(block)
+            item = self.items[slots]                                             # (k,), -1 = empty
+            # tuned rows: E_u[i] . v_u = rows[slot] . v_owner
+            value = torch.linalg.vecdot(self.rows[slots].to(dt),
+                                        vectors[lo:lo + block.shape[0]].repeat_interleave(count, 0))
+            owner = torch.repeat_interleave(torch.arange(lo, lo + block.shape[0], device=self.device),
+                                            count)                               # (k,) rows of out
+            where = torch.where(item >= 0, owner * n + item, c * n)              # (k,) into buffer
+            buffer[where] = value
+        return out
+
     def _slots_of(self, users: torch.Tensor):
         """Pool slots of ``users`` (c,), and the position in ``users`` of each slot's owner."""
         lo, hi = self.offsets[users], self.offsets[users + 1]
