@@ -344,15 +344,17 @@ def regulariser(backbone: str, view: dict, valid: torch.Tensor, t: int, config) 
 
 def fedrap_terms(view: dict, valid: torch.Tensor, t: int, config):
     """FedRAP's regulariser R_u (C,) (``regulariser``) and what its written-out gradient reuses
-    (gradients.py, G3): delta = D_u[i] - C[i], its square, the valid mask (C, B, 1), the count."""
+    (gradients.py, G3): delta = D_u[i] - C[i], its square, the valid mask (C, B, 1), the count.
+    Sums run over the last axis first, so that only delta and its square are (C, B, d) tensors."""
     lam, mu = fedrap_weights(t, config)
     d_rows, c_rows = view["D"], view["C"]                                       # (C, B, d) each
     m = valid.to(d_rows.dtype).unsqueeze(-1)                                    # (C, B, 1)
     count = (m.sum(dim=(1, 2)) * d_rows.shape[-1]).clamp(min=1)                 # (C,)
     delta = d_rows - c_rows                                                     # (C, B, d)
-    sq = delta ** 2
-    # min((D_u[i] - C[i])^2, tau)
-    gap = torch.clamp(sq, max=config.fedrap_bound)                              # (C, B, d)
+    sq = delta.square()                                                         # (C, B, d)
+    # min((D_u[i] - C[i])^2, tau), summed per row
+    gap = torch.clamp(sq, max=config.fedrap_bound).sum(-1, keepdim=True)        # (C, B, 1)
     # -lambda_t mean(min(gap, tau)) + mu_t mean(|C|)
-    value = (-lam * (gap * m).sum(dim=(1, 2)) + mu * (c_rows.abs() * m).sum(dim=(1, 2))) / count
+    absc = torch.linalg.vector_norm(c_rows, 1, dim=-1, keepdim=True)            # (C, B, 1)
+    value = (-lam * (gap * m).sum(dim=(1, 2)) + mu * (absc * m).sum(dim=(1, 2))) / count
     return value, (delta, sq, m, count)

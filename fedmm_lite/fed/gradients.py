@@ -90,14 +90,17 @@ def loss_and_grads(backbone: str, view: dict, names, y: torch.Tensor, m: torch.T
 
 
 def _fedrap_gradients(view, names, terms, t, config, grads) -> None:
-    """Adds (G3), the gradients of FedRAP's R_u (``backbones.fedrap_terms``), to ``grads``."""
+    """Adds (G3), the gradients of FedRAP's R_u (``backbones.fedrap_terms``), to ``grads``.
+    ``delta`` is not needed afterwards and becomes the pull in place; D and C may share the BCE
+    part of their gradient (G2, one tensor), so D's sum is a new tensor before C's is formed in place."""
     lam, mu = backbones.fedrap_weights(t, config)
     c_rows = view["C"]                                                          # (A, B, d)
     delta, sq, m, n_r = terms                                                   # (A, B, d) x2, (A, B, 1), (A,)
-    inside = (sq < config.fedrap_bound).to(delta.dtype)                         # clip gradient mask
     scale = (m / n_r.view(-1, 1, 1))                                            # (A, B, 1)
-    pull = 2 * lam * delta * inside * scale                                     # (G3)
+    # (G3) pull = 2 lambda_t (D_u[i] - C[i]) [(D_u[i] - C[i])^2 < tau] / count  (the clip's mask)
+    pull = delta.mul_(sq < config.fedrap_bound).mul_(2 * lam * scale)          # (A, B, d)
     if "D" in names:
         grads["D"] = grads["D"] - pull
     if "C" in names:
-        grads["C"] = grads["C"] + pull + mu * torch.sign(c_rows) * scale
+        # + pull + mu_t sign(C[i]) / count
+        grads["C"] = grads["C"].add_(pull).addcmul_(torch.sign(c_rows), scale, value=mu)
