@@ -202,9 +202,19 @@ def score(backbone: str, params: dict, items: dict) -> torch.Tensor:
         d = q_mlp.shape[-1]
         gmf = params["p_gmf"].unsqueeze(1) * items["gmf"]                       # (c, L, d)
         W0 = params["W0"]                                                       # (.., h_0, 2d)
-        # W0 [p'_u ; q'_i] + c0 = (W0[:, :d] p'_u + c0) + W0[:, d:] q'_i: no (c, L, 2d) input built
-        user = _matmul(params["p_mlp"].unsqueeze(1), W0[..., :d]) + _bias(params["c0"])  # (c, 1, h_0)
-        x = torch.relu(_matmul(q_mlp, W0[..., d:]) + user)                      # (c, L, h_0)
+        p_mlp = params["p_mlp"]                                                 # (c, d)
+        if W0.dim() == 3:
+            # a tower per user (local training): W0 [p'_u ; q'_i] + c0 as one product; measured
+            # faster, with its backward, than the two halves below at training's batch sizes
+            rows = q_mlp if q_mlp.dim() == 3 else q_mlp.expand(p_mlp.shape[0], -1, -1)
+            joint = torch.cat([p_mlp.unsqueeze(1).expand(-1, rows.shape[1], -1), rows], -1)  # (c, L, 2d)
+            x = torch.relu(_matmul(joint, W0) + _bias(params["c0"]))            # (c, L, h_0)
+        else:
+            # the shared tower (evaluation, L = every item): W0 [p'_u ; q'_i] + c0 =
+            # (W0[:, :d] p'_u + c0) + W0[:, d:] q'_i, so no (c, L, 2d) input is built
+            W0_user, W0_item = W0.split(d, dim=-1)                              # (h_0, d) each
+            user = _matmul(p_mlp.unsqueeze(1), W0_user) + _bias(params["c0"])    # (c, 1, h_0)
+            x = torch.relu(_matmul(q_mlp, W0_item) + user)                      # (c, L, h_0)
         for k in range(1, ncf_depth(params)):
             # x <- relu(W_k x + c_k)
             x = torch.relu(_matmul(x, params[f"W{k}"]) + _bias(params[f"c{k}"]))  # (c, L, h_k)
