@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default=None, help="item encoder tag for multimodal methods")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--lr", type=float, default=None, help="override the backbone's tuned learning rate")
+    p.add_argument("--item-lr", type=float, default=None,
+                   help="override the backbone's tuned item-table step (of the order of the number of items)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--neg-ratio", type=int, default=None, help="negatives per positive (default 4)")
     p.add_argument("--chunk-size", type=int, default=None, help="clients trained at once (memory bound)")

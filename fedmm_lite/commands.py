@@ -110,7 +110,7 @@ def _check_json_path(args) -> Path | str | None:
 # ---------------------------------------------------------------------------------------------
 # FedConfig field <- argparse attribute; only options the user gave override the tuned defaults.
 _OVERRIDES = {"rounds": "rounds", "local_epochs": "local_epochs", "sample_ratio": "sample_ratio",
-              "lr": "lr", "batch_size": "batch_size", "neg_ratio": "neg_ratio",
+              "lr": "lr", "item_lr": "item_lr", "batch_size": "batch_size", "neg_ratio": "neg_ratio",
               "chunk_size": "chunk_size", "eval_every": "eval_every", "dim": "dim",
               "protocol": "protocol", "sampled_pool": "sampled_pool", "negatives": "negatives"}
 

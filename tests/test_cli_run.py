@@ -125,6 +125,7 @@ BAD_OPTIONS = [
     (["--encoder", "clip"], "--encoder"),
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "-0.1"], "--lr"),
+    (["--item-lr", "-1"], "--item-lr"),
     (["--device", "tpu"], "--device"),
     (["--grouping", "spectral"], "--grouping"),
     (["--lambda-schedule", "cosine"], "--lambda-schedule"),
@@ -149,6 +150,17 @@ def test_bad_option_one_line(env, monkeypatch, capsys, extra, option):
     assert len(lines) == 1, captured.err
     assert option in lines[0]
     assert captured.out == ""                       # refused before anything ran
+
+
+def test_item_lr_overrides_the_tuned_item_step(env, monkeypatch, capsys):
+    from fedmm_lite.cli import main
+
+    monkeypatch.setenv("FEDMM_QUICK", "1")
+    monkeypatch.setenv("FEDMM_DATA_DIR", env["FEDMM_DATA_DIR"])
+    assert main(["run", "--data", "world-quick", "--rounds", "0", "--item-lr", "300", "--json", "-"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["step_sizes"]["item_lr"] == 300.0
+    assert out["config"]["item_lr"] == 300.0
 
 
 def test_bad_option_subprocess(env):

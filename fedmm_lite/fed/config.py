@@ -198,7 +198,7 @@ def validate(config: FedConfig) -> FedConfig:
     for ok, message in checks:
         if not ok:
             raise OptionError(message)
-    for name, value in zip(("--lr", "item_lr", "server_lr"), (c.lr, c.item_lr, c.server_lr)):
+    for name, value in zip(("--lr", "--item-lr", "server_lr"), (c.lr, c.item_lr, c.server_lr)):
         if value is not None and not value >= 0:
             raise OptionError(f"{name} {value}: must be >= 0")
     if c.method == "fedmr":
