@@ -123,7 +123,9 @@ def tune(name: str, out: Path = OUT) -> None:
 
 
 def tune_table(name: str, out: Path = OUT) -> str:
-    records = [json.loads(p.read_text()) for p in sorted(out.glob(f"tune-{name}-*.json"))]
+    # this grid's runs only: "tune-pfedrec-*" also matches "tune-pfedrec-clean-*"
+    first = f"tune-{name}-{sorted(TUNE[name][1])[0]}"
+    records = [json.loads(p.read_text()) for p in sorted(out.glob(f"{first}*.json"))]
     if not records:
         return f"(no tuning runs of {name} in {out})"
     best = max(records, key=lambda r: r["valid"]["hr@10_sampled"])
