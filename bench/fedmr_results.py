@@ -86,7 +86,8 @@ def run_all(args) -> None:
             continue
         fedmr_extra = extra if "fedmr" in run_args and "--router-input" not in run_args else []
         cmd = [sys.executable, "-m", "fedmm_lite", "run", "--data", args.data, "--rounds",
-               str(args.rounds), "--seed", str(args.seed), "--device", "cpu", "--json", str(path),
+               str(args.rounds), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
+               "--device", "cpu", "--json", str(path),
                *run_args, *fedmr_extra]
         print(f"[fedmr_results] {label}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         start = time.perf_counter()
@@ -166,8 +167,8 @@ def tables(args) -> str:
                   "|---|---|---:|---:|---:|---:|"]
         for b, groups in planted:
             for name, g in groups.items():
-                lines.append(f"| {b} | {name} ({g['modality']}) | {g['users']} | {g.get('sum', math.nan):.3f} | "
-                             f"{g.get('mlp', math.nan):.3f} | {g.get('gate', math.nan):.3f} |")
+                weights = " | ".join("-" if g.get(k) is None else f"{g[k]:.3f}" for k in ("sum", "mlp", "gate"))
+                lines.append(f"| {b} | {name} ({g['modality']}) | {g['users']} | {weights} |")
     lines += ["", ladder(out, r)]
     return "\n".join(lines)
 
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="world-full")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate valid and test every K rounds")
     p.add_argument("--only", default=GROUPS)
     p.add_argument("--labels", default="", help="comma list: run only these configurations")
     p.add_argument("--cold-backbones", default="fedavg", help="comma list of backbones for 'cold'")
