@@ -35,6 +35,7 @@ RUNS = {
     "fedavg-fedmr-mix-adam0.001-aid-plain": (20, dict(fusion_server="adam", fusion_server_lr=0.001,
                                                       fusion_server_id=False)),
     "fedavg-fedmr-mix-item_lr300": (40, dict(item_lr=300.0)),
+    "fedavg-fedmr-mix-item_lr500": (40, dict(item_lr=500.0)),
 }
 A_IMAGE = "A_image"
 
