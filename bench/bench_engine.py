@@ -108,14 +108,20 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     dataset = load_dataset(args.data, seed=args.seed)
+    return bench_backbones("bench_engine", dataset, args, bench_backbone, markdown)
+
+
+def bench_backbones(name: str, dataset, args, bench_one, table) -> int:
+    """``bench_one(dataset, backbone, args)`` for each of ``args.backbones`` (progress on stderr),
+    then the markdown ``table`` of the rows on stdout and the report's JSON (``emit``)."""
     rows = []
     for backbone in args.backbones.split(","):
-        print(f"[bench_engine] {backbone} ...", file=sys.stderr, flush=True)
-        rows.append(bench_backbone(dataset, backbone, args))
-        print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        print(f"[{name}] {backbone} ...", file=sys.stderr, flush=True)
+        rows.append(bench_one(dataset, backbone, args))
+        print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     report = {"data": dataset.stats()["name"], "users": dataset.n_users, "items": dataset.n_items,
               "device": args.device, "threads": args.threads, **machine_fields(), "rows": rows}
-    return emit(markdown(rows), report, args.json)
+    return emit(table(rows), report, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import emit, machine_fields                  # noqa: E402
+from bench_engine import bench_backbones                      # noqa: E402
 from fedmm_lite.data import load_dataset                       # noqa: E402
 from fedmm_lite.encoders import encode_dataset                 # noqa: E402
 from fedmm_lite.fed.config import default_config               # noqa: E402
@@ -81,14 +81,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data, seed=args.seed)
     encode_dataset(dataset, progress=False)
-    rows = []
-    for backbone in args.backbones.split(","):
-        print(f"[bench_gfmfr] {backbone} ...", file=sys.stderr, flush=True)
-        rows.append(bench_backbone(dataset, backbone, args))
-        print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    report = {"data": dataset.stats()["name"], "users": dataset.n_users, "items": dataset.n_items,
-              "device": args.device, "threads": args.threads, **machine_fields(), "rows": rows}
-    return emit(markdown(rows), report, args.json)
+    return bench_backbones("bench_gfmfr", dataset, args, bench_backbone, markdown)
 
 
 if __name__ == "__main__":

@@ -129,8 +129,8 @@ def tables(args) -> str:
     r = args.rounds
     head = "| HR@50 | SE | NDCG@50 | round | train s |"
     lines = [f"### {args.data}, {r} rounds, seed {args.seed} (test at the validation-selected round)",
-             "", f"| backbone | ID HR@50 | SE | NDCG@50 | round | train s | FedMR Mix HR@50 | SE | NDCG@50 "
-                 f"| round | train s | change / SE |",
+             "", "| backbone | ID HR@50 | SE | NDCG@50 | round | train s | FedMR Mix HR@50 | SE | NDCG@50 "
+                 "| round | train s | change / SE |",
              "|---|" + "---:|" * 11]
     for b in BACKBONES:
         a, m = _load(out, f"{b}-id", r), _load(out, f"{b}-fedmr-mix", r)

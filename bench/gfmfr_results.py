@@ -65,7 +65,7 @@ def tables(args) -> str:
         gf = load(out, data, f"{b}-gfmfr", R)
         lines.append(f"| {b} | {cell(load(out, data, f'{b}-id', R))} | "
                      f"{cell(load(fedmr, data, f'{b}-fedmr-mix', R))} | {cell(gf)} | {_ari(gf)} |")
-    lines += ["", f"| PFedRec + GFMFR variant | HR@50 | NDCG@50 | round | train s | ARI (last round) |",
+    lines += ["", "| PFedRec + GFMFR variant | HR@50 | NDCG@50 | round | train s | ARI (last round) |",
               "|---|---:|---:|---:|---:|---:|"]
     variants = [("gfmfr", "K-Means, g = 3, ours (main)")]
     variants += [(f"gfmfr-{g}", f"grouping {g}") for g in ("spectral", "agglomerative")]

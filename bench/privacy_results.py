@@ -216,8 +216,6 @@ def tables(args) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(results, key=_order):
         lines.append(_row(r))
-    norms = [(r["label"], r["privacy"]["upload_norms_per_round"]) for r in results
-             if (r.get("privacy") or {}).get("noise")]
     clean = [r for r in results if r["label"].endswith("-clean")]
     if clean:
         lines += ["", "| model (clean run) | upload L2 median (round 1 / last) | L2 max | L1 median | L1 max |",
