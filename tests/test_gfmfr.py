@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -167,6 +168,21 @@ def test_grouping_recovers_planted_clusters(method):
     X = centres[truth] + rng.normal(size=(60, 8)) * 0.3
     labels = grouping.cluster(grouping.standardise_columns(X), 3, method, seed=0)
     assert adjusted_rand_score(truth, labels) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", grouping.METHODS)
+def test_identical_prediction_functions_make_one_group_without_warnings(method):
+    """Before clients train, every P_u is the same: no method can split identical rows (K-Means
+    warned that it found fewer clusters, PCA divided by a zero variance: both reached the book)."""
+    X = np.ones((40, 3000))
+    X[:10] = 2.0                                                                 # two distinct rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reduced = grouping.reduce(grouping.standardise_columns(np.ones((40, 3000))), width=16)
+        assert not np.any(reduced)
+        labels = grouping.cluster(X, 3, method, seed=0)
+    assert sorted(set(labels.tolist())) == [0, 1]
+    assert len(set(labels[:10].tolist())) == 1 and len(set(labels[10:].tolist())) == 1
 
 
 def test_alignment_keeps_group_ids_stable():

@@ -38,6 +38,8 @@ def reduce(X: np.ndarray, width: int = 32, seed: int = 0) -> np.ndarray:
     seconds a round, on 32 nothing."""
     if X.shape[1] <= 2 * width or X.shape[0] <= width:
         return X
+    if not np.any(np.ptp(X, axis=0) > 0):        # every participant uploaded the same P_u
+        return X[:, :1] * 0.0                     # (PCA of no variance divides by zero)
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=width, svd_solver="randomized", iterated_power=2, random_state=seed)
@@ -45,8 +47,8 @@ def reduce(X: np.ndarray, width: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def cluster(X: np.ndarray, g: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
-    """Labels (P,) in 0..g-1 of the rows of ``X`` (P, k). With fewer rows than groups every row
-    is its own group; with one group every label is 0."""
+    """Labels (P,) in 0..g-1 of the rows of ``X`` (P, k). With fewer rows (or distinct rows) than
+    groups every distinct row is its own group; with one group every label is 0."""
     P = X.shape[0]
     if method not in METHODS:
         raise ValueError(f"cluster: method {method!r}; choose one of {', '.join(METHODS)}")
@@ -54,6 +56,11 @@ def cluster(X: np.ndarray, g: int, method: str = "kmeans", seed: int = 0) -> np.
         return np.zeros(P, dtype=np.int64)
     if P <= g:
         return np.arange(P, dtype=np.int64)
+    # at most g distinct prediction functions (e.g. before any client has trained): each distinct
+    # one is a group; no clustering method can split identical rows
+    distinct, inverse = np.unique(X, axis=0, return_inverse=True)
+    if distinct.shape[0] <= g:
+        return inverse.reshape(-1).astype(np.int64)
     if method == "kmeans":
         from sklearn.cluster import KMeans
 
