@@ -282,3 +282,23 @@ def test_bad_dp_options_are_one_line_naming_the_option(kw, option):
     with pytest.raises(OptionError) as err:
         validate(FedConfig(**kw))
     assert option in str(err.value) and "\n" not in str(err.value)
+
+
+def test_upload_norms_are_measured_in_evaluated_rounds_only_without_noise(monkeypatch):
+    """A clean run reports the uploads' norms with its evaluated rounds (the privacy chapter picks
+    a clipping bound from them) and spends no pass over the uploads in the other rounds; under
+    noise every round is measured (the privacy report lists every round)."""
+    from fedmm_lite.fed import rounds
+
+    calls = []
+    real = rounds.upload_norms
+    monkeypatch.setattr(rounds, "upload_norms", lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = tiny_dataset()
+    clean = run_federated(data, small_config("fedavg", rounds=4, eval_every=2), progress=False)
+    assert [h["round"] for h in clean.history if "upload_norms" in h] == [2, 4]
+    measured_clean = len(calls)
+    calls.clear()
+    noisy = run_federated(data, small_config("fedavg", rounds=4, eval_every=2, noise="gaussian:0.01"),
+                          progress=False)
+    assert len(noisy.privacy["upload_norms_per_round"]) == 4
+    assert len(calls) == 2 * measured_clean         # every round against every other round

@@ -235,7 +235,11 @@ class FederatedRun:
         participants, plans = plan_round(self.dataset, self.config, self.generator, self.sampler,
                                          self.sizes, self.state.method.mixes_sizes,
                                          self.state.method.chunk_spread, poisson=self.dp.active)
-        norms = []
+        # the uploads' norms are reported under noise or dp every round, otherwise with the rounds
+        # that are evaluated (the history keeps them there): no full pass over uploads otherwise
+        c = self.config
+        measured = self.noise.active or self.dp.active or t % c.eval_every == 0 or t == c.rounds
+        norms = [] if measured else None
         loss, diagnostics = run_round(self.state, plans, self.config, t, self.trainer, self.noise,
                                       self.noise_generator, self.dp, norms, observe)
         if self.device.type == "cuda":
@@ -251,7 +255,7 @@ class FederatedRun:
             epsilon = self.accountant.spend(int(self.participations.max()))
         return RoundRecord(t, loss, time.perf_counter() - start, int(participants.shape[0]),
                            server=diagnostics, epsilon=epsilon,
-                           upload_norms=self._norm_summary(norms))
+                           upload_norms=self._norm_summary(norms or []))
 
     def _norm_summary(self, norms: list) -> dict:
         """Median and largest L2 and L1 norm of the round's uploads (before privatising); under dp
