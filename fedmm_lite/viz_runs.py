@@ -48,7 +48,9 @@ def selection_table(results: Mapping[str, object], key: str = SELECT_ON) -> pd.D
 
 
 def comparison_table(results: Mapping[str, object], ks=(50,)) -> pd.DataFrame:
-    """One row per run: the selected round, test HR@K / NDCG@K there, valid HR@50, seconds."""
+    """One row per run: the selected round, test HR@K / NDCG@K there, valid HR@50, seconds; and,
+    when a run stopped at a divergence (``run_federated(..., on_divergence="stop")``), the round
+    it diverged in (a column only then)."""
     rows = {}
     for label, result in results.items():
         row = {"best round (valid)": result.best_round}
@@ -58,7 +60,12 @@ def comparison_table(results: Mapping[str, object], ks=(50,)) -> pd.DataFrame:
         row[f"valid {SELECT_ON.upper()}"] = result.valid[SELECT_ON]
         row["seconds"] = result.seconds
         rows[label] = row
-    return pd.DataFrame.from_dict(rows, orient="index")
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    diverged = {label: (getattr(result, "diverged", None) or {}).get("round")
+                for label, result in results.items()}
+    if any(r is not None for r in diverged.values()):
+        table["diverged in round"] = pd.Series(diverged, dtype="Int64")
+    return table
 
 
 def curve(history: list, split: str = "valid", key: str = SELECT_ON) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,16 @@ def test_comparison_table_reads_the_selected_round():
     assert table.loc["a", "test HR@50"] == pytest.approx(0.25)
     assert table.loc["a", "test NDCG@50"] == pytest.approx(0.0625)
     assert table.loc["a", "valid HR@50"] == pytest.approx(0.30)
+    assert "diverged in round" not in table.columns       # only when a run diverged
+
+
+def test_comparison_table_says_where_a_run_diverged():
+    stopped = _result(HISTORY[:3], rounds=4)
+    stopped.diverged = {"round": 3, "message": "round 3: the model diverged"}
+    table = viz_runs.comparison_table({"healthy": _result(HISTORY), "stopped": stopped})
+    assert table.loc["stopped", "diverged in round"] == 3
+    assert table["diverged in round"].isna()["healthy"]
+    assert table.loc["stopped", "best round (valid)"] == 2
 
 
 def test_curve_and_learning_curves_lines():

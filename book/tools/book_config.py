@@ -9,7 +9,7 @@ writes the pages to ``_build/<mode>/_build/html``), with its own jupyter-cache,
 
 - ``full``: ``execute_notebooks: cache``. jupyter-cache keys a notebook on its code cells, so a
   second ``make book`` re-executes only the chapters whose code changed (a change in the package
-  alone does not invalidate the cache: ``make book-clean`` empties it).
+  alone does not invalidate the cache: ``make clean`` empties it).
 - ``quick``: ``execute_notebooks: force``; ``make test`` also passes ``--all`` so that every page is
   read, and therefore executed, on every run.
 
