@@ -13,8 +13,10 @@ Groups (``--only``): ``main`` (the five backbones, vanilla ID and FedMR Mix with
 defaults), ``lesson`` (FedAvg + Mix and + Mix without ID under plain server averaging of the
 fusion modules, the previous default), ``strategy`` (FedAvg with Sum, MLP, Gate), ``modality``
 (FedAvg FedMR without image, text or ID), ``estimate`` (FedAvg + Mix with the router input
-estimated per epoch or from the batch), ``cold`` (vanilla and FedMR Mix with 20% of the items
-held out of training, ``--cold-backbones``), ``noise`` (FedAvg, vanilla and FedMR, Gaussian noise
+estimated per epoch or from the batch), ``fusion-lr`` (FedAvg + Mix with the fusion modules'
+local step ``--fusion-lr`` at 1, 3 and 10 instead of 0.1, and with only the feature mappings'
+step ``--feature-map-lr`` at 1 and 3; not in the default groups), ``cold`` (vanilla and FedMR
+Mix with 20% of the items held out of training, ``--cold-backbones``), ``noise`` (FedAvg, vanilla and FedMR, Gaussian noise
 of variance 0.1 on every upload, the FedMR paper's Table 4). Test HR@50 / NDCG@50 are read at the
 round that validation selects; one standard error is binomial over the test users.
 """
@@ -35,7 +37,9 @@ BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 NOISE = f"gaussian:{math.sqrt(0.1):.4f}"          # the paper's variance 0.1
 COLD = "0.2"
 PLAIN = ["--fusion-server", "sgd"]                 # the fusion modules averaged plainly (old default)
-GROUPS = "main,lesson,strategy,modality,estimate,cold,noise"
+FUSION_LRS = (1.0, 3.0, 10.0)                       # group "fusion-lr": FedAvg + Mix at these steps
+FEATURE_MAP_LRS = (1.0, 3.0)                        # ... and with only A_text, A_image at these
+GROUPS = "main,lesson,strategy,modality,estimate,cold,noise"   # (and "fusion-lr", run on demand)
 
 
 def configurations(only: set, cold_backbones=("fedavg",)) -> list[tuple[str, str, list]]:
@@ -65,6 +69,15 @@ def configurations(only: set, cold_backbones=("fedavg",)) -> list[tuple[str, str
         for b in cold_backbones:
             runs.append(("cold", f"{b}-id-cold", ["--backbone", b, "--method", "id", "--cold-items", COLD]))
             runs.append(("cold", f"{b}-fedmr-mix-cold", ["--backbone", b, *mr, "--cold-items", COLD]))
+    if "fusion-lr" in only:
+        # the fusion modules' local step (default 0.1, chosen on world-quick only): larger steps
+        for step in FUSION_LRS:
+            runs.append(("fusion-lr", f"fedavg-fedmr-mix-flr{step:g}",
+                         ["--backbone", "fedavg", *mr, "--fusion-lr", f"{step:g}"]))
+        # the feature mappings A_text, A_image alone at a larger step (the rest at the default)
+        for step in FEATURE_MAP_LRS:
+            runs.append(("fusion-lr", f"fedavg-fedmr-mix-fmlr{step:g}",
+                         ["--backbone", "fedavg", *mr, "--feature-map-lr", f"{step:g}"]))
     if "noise" in only:
         runs.append(("noise", "fedavg-id-noise", ["--backbone", "fedavg", "--method", "id", "--noise", NOISE]))
         runs.append(("noise", "fedavg-fedmr-mix-noise", ["--backbone", "fedavg", *mr, "--noise", NOISE]))
@@ -110,7 +123,9 @@ def _cell(result: dict | None) -> str:
     if result is None:
         return "not run | | | |"
     test = result["test"]
-    return (f"{test['hr@50']:.4f} | {_se(result):.4f} | {test['ndcg@50']:.4f} | {result['best_round']} | "
+    stopped = result.get("diverged")
+    where = f" (diverged in round {stopped['round']})" if stopped else ""
+    return (f"{test['hr@50']:.4f} | {_se(result):.4f} | {test['ndcg@50']:.4f} | {result['best_round']}{where} | "
             f"{result.get('train_seconds', float('nan')):.0f}")
 
 
@@ -140,7 +155,9 @@ def tables(args) -> str:
     for label in ("fedavg-fedmr-mix", "fedavg-fedmr-mix-plain", "fedavg-fedmr-mix-epoch",
                   "fedavg-fedmr-mix-batch", "fedavg-fedmr-sum", "fedavg-fedmr-mlp", "fedavg-fedmr-gate",
                   "fedavg-fedmr-no-image", "fedavg-fedmr-no-text", "fedavg-fedmr-no-id",
-                  "fedavg-fedmr-no-id-plain", "fedavg-id", "fedavg-id-noise", "fedavg-fedmr-mix-noise"):
+                  "fedavg-fedmr-no-id-plain", "fedavg-id", "fedavg-id-noise", "fedavg-fedmr-mix-noise",
+                  *(f"fedavg-fedmr-mix-flr{step:g}" for step in FUSION_LRS),
+                  *(f"fedavg-fedmr-mix-fmlr{step:g}" for step in FEATURE_MAP_LRS)):
         lines.append(f"| {label} | {_cell(_load(out, label, r))} |")
     lesson = [(label, _load(out, label, r)) for label in
               ("fedavg-fedmr-mix-plain", "fedavg-fedmr-mix", "fedavg-fedmr-no-id-plain", "fedavg-fedmr-no-id")]

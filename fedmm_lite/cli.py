@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a labelled option; default: the encoder's features)")
     p.add_argument("--fusion-lr", type=float, default=None,
                    help="FedMR: client step of the global fusion modules (default: tuned)")
+    p.add_argument("--feature-map-lr", type=float, default=None,
+                   help="FedMR: client step of the feature mappings A_text, A_image alone "
+                        "(default: the fusion step)")
     p.add_argument("--fusion-server", default=None, choices=("sgd", "momentum", "adam"),
                    help="FedMR: server optimiser of the fusion modules (default: tuned)")
     p.add_argument("--fusion-server-lr", type=float, default=None,

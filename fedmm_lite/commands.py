@@ -32,15 +32,17 @@ MODALITIES = ("id", "text", "image")
 _MULTIMODAL_DEFAULTS = {"strategy": "mix", "modalities": "id,text,image", "groups": None, "encoder": None,
                         "grouping": None, "lambda_schedule": None, "gfmfr_ablation": None,
                         "ratio_cap": None, "router_input": None, "fusion_lr": None,
-                        "fusion_server": None, "fusion_server_lr": None, "feature_dim": None}
+                        "feature_map_lr": None, "fusion_server": None, "fusion_server_lr": None, "feature_dim": None}
 _OPTION_METHODS = {"strategy": ("fedmr",), "modalities": ("fedmr",), "groups": ("gfmfr",),
                    "grouping": ("gfmfr",), "lambda_schedule": ("gfmfr",), "gfmfr_ablation": ("gfmfr",),
                    "ratio_cap": ("gfmfr",),
                    "encoder": ("fedmr", "gfmfr"), "router_input": ("fedmr",), "fusion_lr": ("fedmr",),
+                   "feature_map_lr": ("fedmr",),
                    "fusion_server": ("fedmr",), "fusion_server_lr": ("fedmr",),
                    "feature_dim": ("fedmr",)}
 _GFMFR_OPTIONS = ("groups", "grouping", "lambda_schedule", "gfmfr_ablation", "ratio_cap")
-_FEDMR_OPTIONS = ("router_input", "fusion_lr", "fusion_server", "fusion_server_lr", "feature_dim")
+_FEDMR_OPTIONS = ("router_input", "fusion_lr", "feature_map_lr", "fusion_server", "fusion_server_lr",
+                  "feature_dim")
 _DP_OPTIONS = ("dp", "clip", "noise_multiplier", "delta", "target_epsilon")
 
 

@@ -180,6 +180,26 @@ def test_image_features_reach_the_loss():
     assert (state.global_["A_image"] - before).abs().max() > 1e-8
 
 
+def test_feature_map_lr_steps_only_the_feature_mappings_and_matches_the_loop(map_form):
+    """``feature_map_lr``: A_text and A_image take their own step, every other module the fusion
+    step; the batched engine and the per-client loop agree under it."""
+    data = mm_dataset(seed=2)
+    config = mr_config("fedavg", rounds=2, feature_map_lr=0.7, feature_map_form=map_form)
+    batched = run_federated(data, config, progress=False)
+    loop = run_federated(data, dataclasses.replace(config, engine="oracle"), progress=False)
+    assert_same_run(batched, loop)
+    spec = batched.state.spec
+    assert spec.step_size("A_image", config) == spec.step_size("A_text", config) == 0.7
+    assert spec.step_size("A_id", config) == spec.step_size("M_W1", config) == 0.2
+    # a zero feature step freezes the feature mappings alone
+    frozen = run_federated(data, dataclasses.replace(config, feature_map_lr=0.0), progress=False)
+    start = run_federated(data, dataclasses.replace(config, rounds=0), progress=False).state.global_
+    for name in ("A_text", "A_image"):
+        assert torch.equal(frozen.state.global_[name], start[name]), name
+    for name in ("A_id", "M_W1", "G_image"):
+        assert (frozen.state.global_[name] - start[name]).abs().max() > 1e-8, name
+
+
 def test_private_routers_differ_persist_and_are_used_in_evaluation():
     """Defects 1 and 10: routers are per user, kept across rounds (also for clients sitting out),
     and evaluation reads each user's own router."""

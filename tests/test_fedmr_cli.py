@@ -65,10 +65,10 @@ def test_fedmr_bad_options_one_line(env, extra, option):
 
 def test_fedmr_training_options_and_cold_items_reach_the_run(env):
     r = run_json(env, "--router-input", "epoch", "--fusion-server", "adam", "--fusion-server-lr",
-                 "0.01", "--fusion-lr", "0.5", "--cold-items", "0.2")
+                 "0.01", "--fusion-lr", "0.5", "--feature-map-lr", "2", "--cold-items", "0.2")
     c = r["config"]
-    assert (c["router_input"], c["fusion_server"], c["fusion_server_lr"], c["fusion_lr"]) == (
-        "epoch", "adam", 0.01, 0.5)
+    assert (c["router_input"], c["fusion_server"], c["fusion_server_lr"], c["fusion_lr"],
+            c["feature_map_lr"]) == ("epoch", "adam", 0.01, 0.5, 2.0)
     assert r["dataset"]["cold_items"] == round(0.2 * r["dataset"]["items"])
     assert 0 < r["test"]["cold_users"] <= r["dataset"]["users"]
     for key in ("cold_hr@10", "cold_all_hr@50", "cold_random_hr@10"):
@@ -77,6 +77,7 @@ def test_fedmr_training_options_and_cold_items_reach_the_run(env):
 
 
 @pytest.mark.parametrize("extra,option", [(["--fusion-lr", "0.5"], "--fusion-lr"),
+                                          (["--feature-map-lr", "2"], "--feature-map-lr"),
                                           (["--fusion-server", "adam"], "--fusion-server"),
                                           (["--router-input", "batch"], "--router-input")])
 def test_fedmr_training_options_refused_for_the_id_method(env, extra, option):

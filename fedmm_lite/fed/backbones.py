@@ -67,13 +67,13 @@ class BackboneSpec:
     def step_size(self, name: str, config) -> float:
         """The SGD step of tensor ``name`` (config.py, "Learning-rate convention"): ``item_lr`` for
         global item tables (their updates are diluted by the server's averaging), the method's
-        step for its global modules (FedMR's ``fusion_lr``), ``lr`` for everything else, private
-        tables such as FedRAP's D_u and FedMR's routers included."""
+        step for its global modules (FedMR's ``fusion_lr``, ``feature_map_lr``), ``lr`` for
+        everything else, private tables such as FedRAP's D_u and FedMR's routers included."""
         lr, item_lr, _ = config.step_sizes()
         if name in self.tables:
             return item_lr
         if name in self.method_modules:
-            return config.fusion_step()
+            return config.fusion_step(name)
         return lr
 
 

@@ -113,6 +113,7 @@ class FedConfig:
     modalities: tuple = ("id", "text", "image")  # inputs fused; dropping one removes its mapping and term
     router_hidden: int = 16       # width of the private router MLP (K d -> hidden -> K)
     fusion_lr: float | None = None  # step of the global mapping and strategy modules (None = FUSION_LR)
+    feature_map_lr: float | None = None  # step of the feature mappings A_text, A_image alone (None = fusion step)
     feature_map_form: str = "auto"  # the engine's per-client A_m: auto | kernel | explicit (feature_maps.py)
     router_input: str = "exact"   # Eq. (5) in training: exact (H_u, every step) | epoch | batch (estimates)
     feature_dim: int | None = None  # None: the encoder's features; k: their first k principal components
@@ -142,8 +143,12 @@ class FedConfig:
     delta: float | None = None    # the delta of (epsilon, delta); None = 1e-5 under dp
     target_epsilon: float | None = None    # stop before a round would take epsilon past this
 
-    def fusion_step(self) -> float:
-        """Step of FedMR's global fusion modules: ``fusion_lr``, or ``FUSION_LR``."""
+    def fusion_step(self, name: str | None = None) -> float:
+        """Step of FedMR's global fusion module ``name``: ``fusion_lr``, or ``FUSION_LR``; the
+        feature mappings A_text and A_image take ``feature_map_lr`` when it is set (a labelled
+        option: the content pathway stepped apart from A_id and the strategies)."""
+        if self.feature_map_lr is not None and name in ("A_text", "A_image"):
+            return self.feature_map_lr
         return FUSION_LR if self.fusion_lr is None else self.fusion_lr
 
     def fusion_server_step(self) -> float:
@@ -222,6 +227,8 @@ def validate(config: FedConfig) -> FedConfig:
             raise OptionError(f"router_hidden {c.router_hidden}: must be >= 1")
         if c.fusion_lr is not None and not c.fusion_lr >= 0:
             raise OptionError(f"fusion_lr {c.fusion_lr}: must be >= 0")
+        if c.feature_map_lr is not None and not c.feature_map_lr >= 0:
+            raise OptionError(f"feature_map_lr {c.feature_map_lr}: must be >= 0")
         if c.backbone == "popularity":
             raise OptionError("--method fedmr: needs a trained backbone, not popularity")
     if c.method == "gfmfr":
