@@ -15,7 +15,8 @@ fusion modules, the previous default), ``strategy`` (FedAvg with Sum, MLP, Gate)
 (FedAvg FedMR without image, text or ID), ``estimate`` (FedAvg + Mix with the router input
 estimated per epoch or from the batch), ``fusion-lr`` (FedAvg + Mix with the fusion modules'
 local step ``--fusion-lr`` at 1, 3 and 10 instead of 0.1, and with only the feature mappings'
-step ``--feature-map-lr`` at 1 and 3; not in the default groups), ``cold`` (vanilla and FedMR
+step ``--feature-map-lr`` at 1 and 3; not in the default groups), ``sum`` (every backbone with
+FedMR's Sum strategy alone; not in the default groups either), ``cold`` (vanilla and FedMR
 Mix with 20% of the items held out of training, ``--cold-backbones``), ``noise`` (FedAvg, vanilla and FedMR, Gaussian noise
 of variance 0.1 on every upload, the FedMR paper's Table 4). Test HR@50 / NDCG@50 are read at the
 round that validation selects; one standard error is binomial over the test users.
@@ -69,6 +70,12 @@ def configurations(only: set, cold_backbones=("fedavg",)) -> list[tuple[str, str
         for b in cold_backbones:
             runs.append(("cold", f"{b}-id-cold", ["--backbone", b, "--method", "id", "--cold-items", COLD]))
             runs.append(("cold", f"{b}-fedmr-mix-cold", ["--backbone", b, *mr, "--cold-items", COLD]))
+    if "sum" in only:
+        # FedMR with the Sum strategy alone (no router) on every backbone: the strategy the
+        # routers of the main runs chose
+        for b in BACKBONES:
+            if b != "fedavg" or "strategy" not in only:
+                runs.append(("sum", f"{b}-fedmr-sum", ["--backbone", b, *mr, "--strategy", "sum"]))
     if "fusion-lr" in only:
         # the fusion modules' local step (default 0.1, chosen on world-quick only): larger steps
         for step in FUSION_LRS:
@@ -151,6 +158,13 @@ def tables(args) -> str:
         a, m = _load(out, f"{b}-id", r), _load(out, f"{b}-fedmr-mix", r)
         change = (f"{(m['test']['hr@50'] - a['test']['hr@50']) / _se(a):+.1f}" if a and m else "")
         lines.append(f"| {b} | {_cell(a)} | {_cell(m)} | {change} |")
+    summed = [(b, _load(out, f"{b}-id", r), _load(out, f"{b}-fedmr-sum", r)) for b in BACKBONES]
+    if any(m for _, _, m in summed):
+        lines += ["", "| backbone | ID HR@50 | SE | NDCG@50 | round | train s | FedMR Sum HR@50 | SE | "
+                      "NDCG@50 | round | train s | change / SE |", "|---|" + "---:|" * 11]
+        for b, a, m in summed:
+            change = (f"{(m['test']['hr@50'] - a['test']['hr@50']) / _se(a):+.1f}" if a and m else "")
+            lines.append(f"| {b} | {_cell(a)} | {_cell(m)} | {change} |")
     lines += ["", f"| FedAvg + FedMR variant {head}", "|---|---:|---:|---:|---:|---:|"]
     for label in ("fedavg-fedmr-mix", "fedavg-fedmr-mix-plain", "fedavg-fedmr-mix-epoch",
                   "fedavg-fedmr-mix-batch", "fedavg-fedmr-sum", "fedavg-fedmr-mlp", "fedavg-fedmr-gate",
