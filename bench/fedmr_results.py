@@ -17,9 +17,10 @@ estimated per epoch or from the batch), ``fusion-lr`` (FedAvg + Mix with the fus
 local step ``--fusion-lr`` at 1, 3 and 10 instead of 0.1, and with only the feature mappings'
 step ``--feature-map-lr`` at 1 and 3; not in the default groups), ``sum`` (every backbone with
 FedMR's Sum strategy alone; not in the default groups either), ``cold`` (vanilla and FedMR
-Mix with 20% of the items held out of training, ``--cold-backbones``), ``noise`` (FedAvg, vanilla and FedMR, Gaussian noise
-of variance 0.1 on every upload, the FedMR paper's Table 4). Test HR@50 / NDCG@50 are read at the
-round that validation selects; one standard error is binomial over the test users.
+Mix with 20% of the items held out of training, ``--cold-backbones``), ``noise`` (FedAvg,
+vanilla and FedMR, Gaussian noise of variance 0.1 on every upload, the FedMR paper's Table 4).
+Test HR@50 / NDCG@50 are read at the round that validation selects; one standard error is
+binomial over the test users.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ COLD = "0.2"
 PLAIN = ["--fusion-server", "sgd"]                 # the fusion modules averaged plainly (old default)
 FUSION_LRS = (1.0, 3.0, 10.0)                       # group "fusion-lr": FedAvg + Mix at these steps
 FEATURE_MAP_LRS = (1.0, 3.0)                        # ... and with only A_text, A_image at these
-GROUPS = "main,lesson,strategy,modality,estimate,cold,noise"   # (and "fusion-lr", run on demand)
+GROUPS = "main,lesson,strategy,modality,estimate,cold,noise"   # "sum", "fusion-lr": on demand
 
 
 def configurations(only: set, cold_backbones=("fedavg",)) -> list[tuple[str, str, list]]:

@@ -32,7 +32,8 @@ MODALITIES = ("id", "text", "image")
 _MULTIMODAL_DEFAULTS = {"strategy": "mix", "modalities": "id,text,image", "groups": None, "encoder": None,
                         "grouping": None, "lambda_schedule": None, "gfmfr_ablation": None,
                         "ratio_cap": None, "router_input": None, "fusion_lr": None,
-                        "feature_map_lr": None, "fusion_server": None, "fusion_server_lr": None, "feature_dim": None}
+                        "feature_map_lr": None, "fusion_server": None, "fusion_server_lr": None,
+                        "feature_dim": None}
 _OPTION_METHODS = {"strategy": ("fedmr",), "modalities": ("fedmr",), "groups": ("gfmfr",),
                    "grouping": ("gfmfr",), "lambda_schedule": ("gfmfr",), "gfmfr_ablation": ("gfmfr",),
                    "ratio_cap": ("gfmfr",),
