@@ -101,12 +101,11 @@ def popularity_scores(dataset, device, dtype=torch.float32) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _deterministic(device: torch.device):
-    """On CUDA, PyTorch's deterministic algorithms (and back after), so accumulating row updates
-    gives the same sums every time; nothing to do on CPU."""
-    if device.type != "cuda":
-        yield
-        return
+def _deterministic():
+    """PyTorch's deterministic algorithms while a round trains or evaluates (and back after), so
+    that accumulating row updates gives the same sums every time, on every device: on CUDA, and
+    on a CPU with more than one torch thread, where otherwise two runs with one seed differed
+    (GFMFR on world-quick with 2 threads; with 1 thread, or deterministic, they are identical)."""
     previous = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -134,17 +133,18 @@ def run_round(state, plans, config, t: int, trainer=engine, noise=None,
                          expected_clients=config.sample_ratio * state.n_users if central else None,
                          tables=state.spec.tables)
     losses = []
-    for plan in plans:
-        downloads = method.downloads(state.server, plan.clients)
-        uploads, loss = trainer.train_chunk(state, plan, config, t, downloads)
-        if norms is not None:
-            norms.append(upload_norms(uploads, state.spec.tables))
-        uploads = privatise(uploads, noise, noise_generator, shapes, state.spec.tables, dp)
-        if observe is not None:
-            observe(uploads, plan)
-        server.receive(uploads)
-        losses.append(loss.cpu())
-    diagnostics = server.close()
+    with _deterministic():       # the same sums on every device and any number of threads
+        for plan in plans:
+            downloads = method.downloads(state.server, plan.clients)
+            uploads, loss = trainer.train_chunk(state, plan, config, t, downloads)
+            if norms is not None:
+                norms.append(upload_norms(uploads, state.spec.tables))
+            uploads = privatise(uploads, noise, noise_generator, shapes, state.spec.tables, dp)
+            if observe is not None:
+                observe(uploads, plan)
+            server.receive(uploads)
+            losses.append(loss.cpu())
+        diagnostics = server.close()
     return (float(torch.cat(losses).mean()) if losses else float("nan")), diagnostics
 
 
@@ -272,7 +272,7 @@ class FederatedRun:
 
     def __iter__(self):
         """Round 0 (evaluation of the untrained model), then rounds 1..T, evaluated when due."""
-        with _deterministic(self.device):
+        with _deterministic():
             valid, test = self.evaluate()
             yield RoundRecord(0, None, 0.0, 0, valid, test)
             if self.state is None:                       # popularity: nothing to train
