@@ -101,7 +101,7 @@ def popularity_scores(dataset, device, dtype=torch.float32) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _deterministic():
+def deterministic():
     """PyTorch's deterministic algorithms while a round trains or evaluates (and back after), so
     that accumulating row updates gives the same sums every time, on every device: on CUDA, and
     on a CPU with more than one torch thread, where otherwise two runs with one seed differed
@@ -133,7 +133,7 @@ def run_round(state, plans, config, t: int, trainer=engine, noise=None,
                          expected_clients=config.sample_ratio * state.n_users if central else None,
                          tables=state.spec.tables)
     losses = []
-    with _deterministic():       # the same sums on every device and any number of threads
+    with deterministic():       # the same sums on every device and any number of threads
         for plan in plans:
             downloads = method.downloads(state.server, plan.clients)
             uploads, loss = trainer.train_chunk(state, plan, config, t, downloads)
@@ -272,7 +272,7 @@ class FederatedRun:
 
     def __iter__(self):
         """Round 0 (evaluation of the untrained model), then rounds 1..T, evaluated when due."""
-        with _deterministic():
+        with deterministic():
             valid, test = self.evaluate()
             yield RoundRecord(0, None, 0.0, 0, valid, test)
             if self.state is None:                       # popularity: nothing to train
