@@ -146,6 +146,18 @@ def test_same_seed_same_run_with_two_threads(backbone):
     assert [h["test"] for h in a.history] == [h["test"] for h in b.history]
 
 
+def test_deterministic_mode_is_held_only_while_a_round_works():
+    """Training and evaluation switch PyTorch's deterministic algorithms on and back off: the
+    caller's code between two rounds of ``FederatedRun`` runs with its own setting."""
+    from fedmm_lite.fed.rounds import FederatedRun
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    rounds = iter(FederatedRun(tiny_dataset(), small_config("fedavg", rounds=2)))
+    for _ in range(3):                     # round 0 (evaluation), rounds 1 and 2
+        next(rounds)
+        assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_same_seed_same_run_and_other_seed_differs():
     data = tiny_dataset()
     config = small_config("pfedrec", rounds=2)

@@ -102,10 +102,11 @@ def popularity_scores(dataset, device, dtype=torch.float32) -> torch.Tensor:
 
 @contextlib.contextmanager
 def deterministic():
-    """PyTorch's deterministic algorithms while a round trains or evaluates (and back after), so
-    that accumulating row updates gives the same sums every time, on every device: on CUDA, and
-    on a CPU with more than one torch thread, where otherwise two runs with one seed differed
-    (GFMFR on world-quick with 2 threads; with 1 thread, or deterministic, they are identical)."""
+    """PyTorch's deterministic algorithms while a round trains or a model is evaluated
+    (``run_round``, ``FederatedRun.evaluate``; the previous setting back after), so that
+    accumulating row updates gives the same sums every time, on every device: on CUDA, and on a
+    CPU with more than one torch thread, where otherwise two runs with one seed differed (GFMFR on
+    world-quick with 2 threads; with 1 thread, or deterministic, they are identical)."""
     previous = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -202,9 +203,10 @@ class FederatedRun:
         join test's (``metrics.evaluate_cold``)."""
         kw = dict(chunk_size=self.config.eval_chunk_size, device=self.device)
         try:
-            out = evaluate_splits(self.score, self.dataset, ("valid", "test"), ks=KS,
-                                  sampled=self.sampled, **kw)
-            out["test"].update(evaluate_cold(self.score, self.dataset, ks=KS, **kw))
+            with deterministic():
+                out = evaluate_splits(self.score, self.dataset, ("valid", "test"), ks=KS,
+                                      sampled=self.sampled, **kw)
+                out["test"].update(evaluate_cold(self.score, self.dataset, ks=KS, **kw))
         except NonFiniteScores as err:      # a private tensor diverged: say so, not a traceback
             raise self._diverged(t, str(err)) from None
         return out["valid"], out["test"]
@@ -237,8 +239,7 @@ class FederatedRun:
                                          self.state.method.chunk_spread, poisson=self.dp.active)
         # the uploads' norms are reported under noise or dp every round, otherwise with the rounds
         # that are evaluated (the history keeps them there): no full pass over uploads otherwise
-        c = self.config
-        measured = self.noise.active or self.dp.active or t % c.eval_every == 0 or t == c.rounds
+        measured = self.noise.active or self.dp.active or self._evaluated(t)
         norms = [] if measured else None
         loss, diagnostics = run_round(self.state, plans, self.config, t, self.trainer, self.noise,
                                       self.noise_generator, self.dp, norms, observe)
@@ -270,24 +271,30 @@ class FederatedRun:
             out["clipped_fraction"] = float((l2 > self.dp.clip).double().mean())
         return out
 
+    def _evaluated(self, t: int) -> bool:
+        """Whether round ``t`` is evaluated: every ``eval_every`` rounds and the last one (a run
+        that stops early at its target epsilon also evaluates the round it stops at)."""
+        return t % self.config.eval_every == 0 or t == self.config.rounds
+
     def __iter__(self):
-        """Round 0 (evaluation of the untrained model), then rounds 1..T, evaluated when due."""
-        with deterministic():
-            valid, test = self.evaluate()
-            yield RoundRecord(0, None, 0.0, 0, valid, test)
-            if self.state is None:                       # popularity: nothing to train
+        """Round 0 (evaluation of the untrained model), then rounds 1..T, evaluated when due.
+        (Training and evaluation each run under ``deterministic``; the caller's code between
+        rounds does not.)"""
+        valid, test = self.evaluate()
+        yield RoundRecord(0, None, 0.0, 0, valid, test)
+        if self.state is None:                       # popularity: nothing to train
+            return
+        for t in range(1, self.config.rounds + 1):
+            record = self.train_round(t)
+            # target_epsilon: stop here when one more round could pass it (evaluated first)
+            last = t == self.config.rounds
+            if not last and self.accountant is not None and not self.accountant.allows_another():
+                self.stopped_early = last = True
+            if self._evaluated(t) or last:
+                record.valid, record.test = self.evaluate(t)
+            yield record
+            if last:
                 return
-            for t in range(1, self.config.rounds + 1):
-                record = self.train_round(t)
-                # target_epsilon: stop here when one more round could pass it (evaluated first)
-                last = t == self.config.rounds
-                if not last and self.accountant is not None and not self.accountant.allows_another():
-                    self.stopped_early = last = True
-                if t % self.config.eval_every == 0 or last:
-                    record.valid, record.test = self.evaluate(t)
-                yield record
-                if last:
-                    return
 
 
 @dataclass
