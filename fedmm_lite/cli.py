@@ -198,14 +198,26 @@ def _ctrl_c_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def _load(command: str):
+    """``command``'s handler and the heavy libraries every command uses, loaded whole (main calls
+    this while Ctrl-C is held)."""
+    handler = _handler(command)
+    import torch  # noqa: F401
+    # torch.use_deterministic_algorithms (every round calls it) imports this lazily the first time,
+    # and mpmath, loaded under it, ends a bare `except: pass` around an import: a Ctrl-C in that
+    # second was swallowed and the run went on (about one interrupt in ten 1.8 to 2.7 s after
+    # start-up on a busy machine; none of 56 from 0.3 to 3.1 s since). Loaded here, held.
+    import torch._inductor.config  # noqa: F401
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "quick", False):
         os.environ["FEDMM_QUICK"] = "1"
     try:
         with _ctrl_c_held():
-            handler = _handler(args.command)
-            import torch  # noqa: F401  (every command's heavy library, loaded whole)
+            handler = _load(args.command)
         return handler(args)
     except FedmmError as err:
         sys.stderr.write(f"error: {err}\n")
