@@ -34,7 +34,7 @@ from . import metrics
 from .data import NegativeSampler
 from .fed import backbones, fusion
 from .fed.config import FedConfig
-from .fed.rounds import deterministic
+from .fed.rounds import round_arithmetic
 
 KS = (10, 20, 50)
 
@@ -137,7 +137,7 @@ class _CentralModel:
         return torch.einsum("unk,uk->un", per_strategy, pi) + b.unsqueeze(1)
 
 
-@deterministic()     # repeatable with several CPU threads too (fed/rounds.py)
+@round_arithmetic()  # repeatable with several CPU threads too (fed/rounds.py)
 def train_central(dataset, model: str = "id", *, epochs: int = 30, lr: float = 0.003,
                   weight_decay: float = 0.0, batch_size: int = 1024, neg_ratio: int = 4,
                   seed: int = 0, eval_every: int = 1, **fusion_options) -> CentralResult:

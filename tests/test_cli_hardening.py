@@ -125,9 +125,9 @@ def test_a_round_imports_nothing_after_the_cli_loaded(env):
     code = ("import sys\n"
             "from fedmm_lite import cli\n"
             "cli._load('run')\n"
-            "from fedmm_lite.fed.rounds import deterministic\n"
+            "from fedmm_lite.fed.rounds import round_arithmetic\n"
             "before = set(sys.modules)\n"
-            "with deterministic():\n"
+            "with round_arithmetic():\n"
             "    pass\n"
             "print(sorted(set(sys.modules) - before))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
