@@ -146,16 +146,12 @@ def test_same_seed_same_run_with_two_threads(backbone):
     assert [h["test"] for h in a.history] == [h["test"] for h in b.history]
 
 
-def _denormals_flushed() -> bool:
-    """Whether the CPU's arithmetic now flushes denormal floats to zero (1e-40 * 1 == 0)."""
-    return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
-
-
 def test_round_arithmetic_is_held_only_while_a_round_works():
     """Training and evaluation switch PyTorch's deterministic algorithms and the flushing of
     denormal floats on and back off: the caller's code between two rounds of ``FederatedRun``
     runs with its own settings."""
-    from fedmm_lite.fed.rounds import FederatedRun, round_arithmetic
+    from fedmm_lite.fed.rounds import FederatedRun, denormals_flushed as _denormals_flushed
+    from fedmm_lite.fed.rounds import round_arithmetic
 
     assert not torch.are_deterministic_algorithms_enabled() and not _denormals_flushed()
     rounds = iter(FederatedRun(tiny_dataset(), small_config("fedavg", rounds=2)))
@@ -167,6 +163,13 @@ def test_round_arithmetic_is_held_only_while_a_round_works():
         assert torch.are_deterministic_algorithms_enabled()
         assert _denormals_flushed()        # x86 with SSE3 and AArch64 can: every machine here
     assert not _denormals_flushed()
+    torch.set_flush_denormal(True)         # a caller's own setting (the CLI's) is kept
+    try:
+        with round_arithmetic():
+            pass
+        assert _denormals_flushed()
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_same_seed_same_run_and_other_seed_differs():

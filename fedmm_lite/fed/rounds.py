@@ -100,6 +100,11 @@ def popularity_scores(dataset, device, dtype=torch.float32) -> torch.Tensor:
     return torch.as_tensor(counts, dtype=dtype, device=device)
 
 
+def denormals_flushed() -> bool:
+    """Whether this thread's CPU arithmetic flushes denormal floats to zero (1e-40 * 1 == 0)."""
+    return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
+
+
 @contextlib.contextmanager
 def round_arithmetic():
     """The arithmetic a round trains and a model is evaluated under (``run_round``,
@@ -112,19 +117,18 @@ def round_arithmetic():
     - denormal floats (magnitude below about 1.2e-38) flushed to zero on the CPU. A saturated
       sigmoid leaves gradients that small, and a CPU multiplies them about 100 times slower than
       other numbers: one (4, 64, 362) x (4, 362, 384) product took 80 ms with such values against
-      0.4 ms. Measured on world-full, FedMR Mix, 4 rounds: the same global model to the last bit,
-      8.0 s a round before, 6.6 s after (bench/README.md)."""
+      0.4 ms. Measured on world-full, FedMR Mix, one thread, 4 rounds: the same global model to
+      the last bit, 8.0 s a round before, 6.6 s after (bench/README.md). The setting belongs to a
+      thread: here it reaches the calling thread, which does all the work with one torch thread;
+      worker threads inherit it only when they start after it is set (the CLI sets it first)."""
     previous = (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
+                torch.is_deterministic_algorithms_warn_only_enabled(), denormals_flushed())
     torch.use_deterministic_algorithms(True, warn_only=True)
-    # set_flush_denormal returns False where the CPU cannot (nothing changed, nothing to undo);
-    # PyTorch cannot report its previous setting: it is switched back off, its default
-    flushed = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)      # False where the CPU cannot: then nothing changed
     try:
         yield
     finally:
-        if flushed:
-            torch.set_flush_denormal(False)
+        torch.set_flush_denormal(previous[2])
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
