@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+# torch.use_deterministic_algorithms (round_arithmetic) imports this lazily the first time, about
+# 0.9 s: loaded with this module, so that no round's time includes it (and see cli._load)
+import torch._inductor.config  # noqa: F401
 
 from ..config import progress_bar, resolve_device
 from ..errors import OptionError
