@@ -208,12 +208,25 @@ def _load(command: str):
     # second was swallowed and the run went on (about one interrupt in ten 1.8 to 2.7 s after
     # start-up on a busy machine; none of 56 from 0.3 to 3.1 s since). Loaded here, held.
     import torch._inductor.config  # noqa: F401
-    # Denormal floats flushed to zero (fed/rounds.round_arithmetic) for the whole process, set
-    # before torch starts its worker threads, which inherit it: set later, it reaches the calling
-    # thread only (2 threads, one product of denormal gradients: 68 ms unflushed, 45 ms flushed
-    # on the calling thread, 5.5 ms flushed before the threads started).
-    torch.set_flush_denormal(True)
     return handler
+
+
+@contextlib.contextmanager
+def _denormals_flushed():
+    """Denormal floats flushed to zero (fed/rounds.round_arithmetic) while a command works, set
+    before torch starts its worker threads, which inherit it: set later, it reaches the calling
+    thread only (2 threads, one product of denormal gradients: 68 ms unflushed, 45 ms flushed on
+    the calling thread, 5.5 ms flushed before the threads started). The caller's setting after."""
+    import torch
+
+    from .config import denormals_flushed
+
+    previous = denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _ctrl_c_held():
             handler = _load(args.command)
-        return handler(args)
+        with _denormals_flushed():
+            return handler(args)
     except FedmmError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2

@@ -42,6 +42,13 @@ def data_home() -> Path:
     return path
 
 
+def denormals_flushed() -> bool:
+    """Whether this thread's CPU arithmetic flushes denormal floats to zero (1e-40 * 1 == 0)."""
+    import torch
+
+    return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` is ``$FEDMM_DEVICE`` when set, else CUDA when present, else CPU; anything else is
     passed to ``torch.device``."""

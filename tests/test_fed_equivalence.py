@@ -150,8 +150,8 @@ def test_round_arithmetic_is_held_only_while_a_round_works():
     """Training and evaluation switch PyTorch's deterministic algorithms and the flushing of
     denormal floats on and back off: the caller's code between two rounds of ``FederatedRun``
     runs with its own settings."""
-    from fedmm_lite.fed.rounds import FederatedRun, denormals_flushed as _denormals_flushed
-    from fedmm_lite.fed.rounds import round_arithmetic
+    from fedmm_lite.config import denormals_flushed as _denormals_flushed
+    from fedmm_lite.fed.rounds import FederatedRun, round_arithmetic
 
     assert not torch.are_deterministic_algorithms_enabled() and not _denormals_flushed()
     rounds = iter(FederatedRun(tiny_dataset(), small_config("fedavg", rounds=2)))

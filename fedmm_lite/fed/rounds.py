@@ -39,7 +39,7 @@ import torch
 # 0.9 s: loaded with this module, so that no round's time includes it (and see cli._load)
 import torch._inductor.config  # noqa: F401
 
-from ..config import progress_bar, resolve_device
+from ..config import denormals_flushed, progress_bar, resolve_device
 from ..errors import OptionError
 from ..data import NegativeSampler
 from ..metrics import NonFiniteScores, evaluate_cold, evaluate_splits, sample_negatives
@@ -101,11 +101,6 @@ def popularity_scores(dataset, device, dtype=torch.float32) -> torch.Tensor:
     """(n,) training interactions per item: the non-federated most-popular reference."""
     counts = np.bincount(np.asarray(dataset.train_indices), minlength=dataset.n_items)
     return torch.as_tensor(counts, dtype=dtype, device=device)
-
-
-def denormals_flushed() -> bool:
-    """Whether this thread's CPU arithmetic flushes denormal floats to zero (1e-40 * 1 == 0)."""
-    return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
 
 
 @contextlib.contextmanager
