@@ -12,6 +12,7 @@ One place, so that notebooks, tests and the command line agree:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -47,6 +48,21 @@ def denormals_flushed() -> bool:
     import torch
 
     return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Denormal floats (below about 1.2e-38) flushed to zero by this thread's CPU arithmetic while
+    the block runs, the previous setting back after (fed/rounds.round_arithmetic says why). Worker
+    threads that torch starts inside the block inherit it; those started before do not."""
+    import torch
+
+    previous = denormals_flushed()
+    torch.set_flush_denormal(True)      # False where the CPU cannot: then nothing changed
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(previous)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -117,7 +117,7 @@ def test_importing_the_command_line_does_not_import_torch():
 
 
 def test_the_cli_leaves_the_callers_arithmetic_as_it_was(monkeypatch, capsys, env):
-    """main() flushes denormal floats while its command works (cli._denormals_flushed) and gives
+    """main() flushes denormal floats while its command works (config.flush_denormals) and gives
     the caller's setting back: called from Python (a test, a notebook) it changes nothing after."""
     from fedmm_lite.config import denormals_flushed
 

@@ -39,7 +39,7 @@ import torch
 # 0.9 s: loaded with this module, so that no round's time includes it (and see cli._load)
 import torch._inductor.config  # noqa: F401
 
-from ..config import denormals_flushed, progress_bar, resolve_device
+from ..config import flush_denormals, progress_bar, resolve_device
 from ..errors import OptionError
 from ..data import NegativeSampler
 from ..metrics import NonFiniteScores, evaluate_cold, evaluate_splits, sample_negatives
@@ -120,13 +120,12 @@ def round_arithmetic():
       thread: here it reaches the calling thread, which does all the work with one torch thread;
       worker threads inherit it only when they start after it is set (the CLI sets it first)."""
     previous = (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled(), denormals_flushed())
+                torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_flush_denormal(True)      # False where the CPU cannot: then nothing changed
     try:
-        yield
+        with flush_denormals():
+            yield
     finally:
-        torch.set_flush_denormal(previous[2])
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
@@ -286,8 +285,8 @@ class FederatedRun:
         return out
 
     def _evaluated(self, t: int) -> bool:
-        """Whether round ``t`` is evaluated: every ``eval_every`` rounds and the last one (a run
-        that stops early at its target epsilon also evaluates the round it stops at)."""
+        """Whether round ``t`` is due for evaluation: every ``eval_every`` rounds and the last one
+        (``__iter__`` also evaluates the round where a run stops early at its target epsilon)."""
         return t % self.config.eval_every == 0 or t == self.config.rounds
 
     def __iter__(self):
