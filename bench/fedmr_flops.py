@@ -3,8 +3,8 @@ best on this CPU (the floor under the "FedMR round at most 10x the ID round" goa
 
 For each configuration, one warm-up round, then one round of ``FederatedRun.train_round`` under
 ``torch.profiler`` with ``with_flops=True``: PyTorch counts the floating-point operations of every
-matrix product it runs (mm, bmm, addmm, matmul; forward and backward), and the elementwise work is
-left out, so the count is a lower bound on the round's arithmetic. The next round is timed without
+matrix product it runs (mm, bmm, addmm, matmul; forward and backward; the in-place ``baddbmm_`` of the explicit feature-map
+step is added from its recorded shapes), and the elementwise work is left out, so the count is a lower bound on the round's arithmetic. The next round is timed without
 the profiler (the ID round, short and noisy: the median of the next five). Then the core's
 attained throughput on batched matrix products of the shapes FedMR's fusion multiplies (the most
 favourable case: one large product, no Python between) converts the count into a floor in
@@ -51,15 +51,28 @@ SCALE = {"loop": 4.0}
 def round_flops(run: FederatedRun, t: int, timed: int) -> tuple[float, float]:
     """(FLOPs of the matrix products of round ``t``, as the profiler counts them; the median
     seconds of the next ``timed`` rounds, timed without the profiler)."""
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
         run.train_round(t)
     flops = float(sum(e.flops for e in prof.key_averages() if e.flops))
+    flops += in_place_product_flops(prof)
     seconds = []
     for k in range(1, timed + 1):
         start = time.perf_counter()
         run.train_round(t + k)
         seconds.append(time.perf_counter() - start)
     return flops, statistics.median(seconds)
+
+
+def in_place_product_flops(prof) -> float:
+    """FLOPs of the in-place batched products the profiler does not count: ``baddbmm_``, the
+    explicit feature-map step A_u <- A_u - lr delta^T F (inputs (C, d, D), (C, d, L), (C, L, D):
+    2 C d L D), counted from the recorded input shapes."""
+    total = 0.0
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key == "aten::baddbmm_" and len(e.input_shapes) >= 3:
+            (C, d, L), (_, _, D) = e.input_shapes[1], e.input_shapes[2]
+            total += 2.0 * C * d * L * D * e.count
+    return total
 
 
 def attained_gflops(d: int = 64, widths=(64, 192, 384, 768), clients: int = 64, rows: int = 128,

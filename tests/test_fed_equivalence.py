@@ -148,7 +148,7 @@ def test_same_seed_same_run_with_two_threads(backbone):
 
 def test_round_arithmetic_is_held_only_while_a_round_works():
     """Training and evaluation switch PyTorch's deterministic algorithms and the flushing of
-    denormal floats on and back off: the caller's code between two rounds of ``FederatedRun``
+    denormal floats on (and the NaN fill of new memory off), and back: the caller's code between two rounds of ``FederatedRun``
     runs with its own settings."""
     from fedmm_lite.config import denormals_flushed as _denormals_flushed
     from fedmm_lite.fed.rounds import FederatedRun, round_arithmetic
@@ -159,10 +159,13 @@ def test_round_arithmetic_is_held_only_while_a_round_works():
         next(rounds)
         assert not torch.are_deterministic_algorithms_enabled()
         assert not _denormals_flushed()
+    assert torch.utils.deterministic.fill_uninitialized_memory
     with round_arithmetic():
         assert torch.are_deterministic_algorithms_enabled()
         assert _denormals_flushed()        # x86 with SSE3 and AArch64 can: every machine here
+        assert not torch.utils.deterministic.fill_uninitialized_memory
     assert not _denormals_flushed()
+    assert torch.utils.deterministic.fill_uninitialized_memory
     torch.set_flush_denormal(True)         # a caller's own setting (the CLI's) is kept
     try:
         with round_arithmetic():

@@ -118,14 +118,22 @@ def round_arithmetic():
       0.4 ms. Measured on world-full, FedMR Mix, one thread, 4 rounds: the same global model to
       the last bit, 8.0 s a round before, 6.6 s after (bench/README.md). The setting belongs to a
       thread: here it reaches the calling thread, which does all the work with one torch thread;
-      worker threads inherit it only when they start after it is set (the CLI sets it first)."""
+      worker threads inherit it only when they start after it is set (the CLI sets it first);
+    - without the deterministic mode's filling of every new tensor with NaN
+      (``torch.utils.deterministic.fill_uninitialized_memory``): a guard against reading memory
+      never written, which this code does not do (a run that did would not repeat itself, and the
+      same-seed tests would fail). The fill cost 6-7 % of a round on world-full, ID and FedMR
+      alike (bench/README.md), for the same model to the last bit."""
     previous = (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         with flush_denormals():
             yield
     finally:
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
