@@ -2,17 +2,20 @@
 best on this CPU (the floor under the "FedMR round at most 10x the ID round" goal).
 
 For each configuration, one warm-up round, then one round of ``FederatedRun.train_round`` under
-``torch.profiler`` with ``with_flops=True``: PyTorch counts the floating-point operations of every
-matrix product it runs (mm, bmm, addmm, matmul; forward and backward; the in-place ``baddbmm_`` of the explicit feature-map
-step is added from its recorded shapes), and the elementwise work is left out, so the count is a lower bound on the round's arithmetic. The next round is timed without
-the profiler (the ID round, short and noisy: the median of the next five). Then the core's
-attained throughput on batched matrix products of the shapes FedMR's fusion multiplies (the most
-favourable case: one large product, no Python between) converts the count into a floor in
-seconds: the same products cannot take less on this core, however they are scheduled. Reported
-per configuration: GFLOP per round, the round's seconds, the floor, and the floor as a multiple of
-the ID round's measured seconds.
+PyTorch's ``FlopCounterMode``, which counts the floating-point operations of every matrix product
+the round runs (mm, bmm, addmm, baddbmm; forward and backward; the in-place ``baddbmm_`` of the
+explicit feature-map step by a rule given here) and keeps no event log, so a long round fits in
+memory (``torch.profiler`` with ``record_shapes`` ran out of 24 GB on a movielens-posters round).
+Elementwise work is left out, so the count is a lower bound on the round's arithmetic. The next
+round is timed without the counter (the ID round, short and noisy: the median of the next five).
+Then the core's attained throughput on batched matrix products of the shapes FedMR's fusion
+multiplies (the most favourable case: one large product, no Python between) converts the count
+into a floor in seconds: the same products cannot take less on this core, however they are
+scheduled. Reported per configuration: GFLOP per round, the round's seconds, the floor, and the
+floor as a multiple of the ID round's measured seconds.
 
     .venv/bin/python bench/fedmr_flops.py --data world-full --threads 1
+    .venv/bin/python bench/fedmr_flops.py --data movielens-posters --variants id,exact,epoch
 
 Prints a markdown table on stdout, then the JSON (progress on stderr).
 """
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,31 +51,25 @@ VARIANTS = {"id": ("ID (backbone alone)", dict(method="id")),
 SCALE = {"loop": 4.0}
 
 
+def _in_place_product(self_shape, batch1_shape, batch2_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``baddbmm_`` (in place; the counter has no rule for it): the explicit feature-map
+    step A_u <- A_u - lr delta^T F, (C, d, L) x (C, L, D): 2 C d L D."""
+    C, d, L = batch1_shape
+    return 2 * C * d * L * batch2_shape[-1]
+
+
 def round_flops(run: FederatedRun, t: int, timed: int) -> tuple[float, float]:
-    """(FLOPs of the matrix products of round ``t``, as the profiler counts them; the median
-    seconds of the next ``timed`` rounds, timed without the profiler)."""
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
+    """(FLOPs of the matrix products of round ``t``, counted by PyTorch's ``FlopCounterMode``;
+    the median seconds of the next ``timed`` rounds, timed without the counter)."""
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.baddbmm_: _in_place_product}) as counter:
         run.train_round(t)
-    flops = float(sum(e.flops for e in prof.key_averages() if e.flops))
-    flops += in_place_product_flops(prof)
+    flops = float(counter.get_total_flops())
     seconds = []
     for k in range(1, timed + 1):
         start = time.perf_counter()
         run.train_round(t + k)
         seconds.append(time.perf_counter() - start)
     return flops, statistics.median(seconds)
-
-
-def in_place_product_flops(prof) -> float:
-    """FLOPs of the in-place batched products the profiler does not count: ``baddbmm_``, the
-    explicit feature-map step A_u <- A_u - lr delta^T F (inputs (C, d, D), (C, d, L), (C, L, D):
-    2 C d L D), counted from the recorded input shapes."""
-    total = 0.0
-    for e in prof.key_averages(group_by_input_shape=True):
-        if e.key == "aten::baddbmm_" and len(e.input_shapes) >= 3:
-            (C, d, L), (_, _, D) = e.input_shapes[1], e.input_shapes[2]
-            total += 2.0 * C * d * L * D * e.count
-    return total
 
 
 def attained_gflops(d: int = 64, widths=(64, 192, 384, 768), clients: int = 64, rows: int = 128,

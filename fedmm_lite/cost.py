@@ -132,6 +132,24 @@ def rows_up(dataset: Dataset, state, neg_ratio: int) -> float:
     return float(rows.mean() * per_row + small + reported)
 
 
+def fedmr_rows_per_round(sizes, local_epochs: int, batch_size: int, neg_ratio: int,
+                         router_input: str = "exact") -> dict:
+    """Item rows a FedMR client reads in one round, per client (arrays like ``sizes``, the
+    training-set sizes n_u): ``batch``, the rows of its mini-batches, E (1 + neg_ratio) n_u; and
+    ``history``, the rows of H_u that Eq. (5)'s router input reads: all n_u of them at every
+    local step with the exact input (E ceil((1 + neg_ratio) n_u / B) steps, so about
+    E (1 + neg_ratio) n_u^2 / B rows: the square of the history), once per local epoch with the
+    "epoch" estimate (E n_u, without gradient), none with the "batch" estimate. Each row is
+    mapped by Eq. (1) and passed through the strategies, forward and backward."""
+    n = np.asarray(sizes, dtype=np.int64)
+    samples = (1 + neg_ratio) * n
+    steps = local_epochs * -(-samples // batch_size)                 # E ceil(samples / B)
+    history = {"exact": steps * n, "epoch": local_epochs * n, "batch": 0 * n}
+    if router_input not in history:
+        raise ValueError(f"fedmr_rows_per_round: router_input {router_input!r}; exact | epoch | batch")
+    return {"batch": local_epochs * samples, "history": history[router_input], "steps": steps}
+
+
 # --------------------------------------------------------------------------- a state of any size
 def sized_dataset(n_users: int, n_items: int, feature_dims: dict | None = None,
                   train_per_user: int = 10, seed: int = 0) -> Dataset:

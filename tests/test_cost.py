@@ -81,3 +81,43 @@ def test_measure_seconds_splits_a_round_into_client_and_server():
     parts = out["client_seconds_per_epoch"] * 14 * 2 + out["server_seconds_per_round"]
     assert parts == pytest.approx(out["round_seconds"])      # 14 clients, 2 local epochs
     assert min(out["client_seconds_per_epoch"], out["server_seconds_per_round"]) > 0
+
+
+@pytest.mark.parametrize("router_input", ["exact", "epoch"])
+def test_fedmr_history_rows_are_what_the_engine_reads(router_input, monkeypatch):
+    """``fedmr_rows_per_round`` against the batched engine itself: the rows of H_u that a round of
+    FedMR Mix reads for the router input (exact: per local step; epoch: per local epoch), counted
+    where the engine reads them, for every participant of one round."""
+    import numpy as np
+
+    from fedmm_lite.cost import fedmr_rows_per_round
+    from fedmm_lite.fed import fedmr
+    from fedmm_lite.fed.rounds import FederatedRun
+
+    counted = {"rows": 0}
+    read_slots, begin_batch = fedmr.FedMRChunk.read_slots, fedmr.FedMRChunk.begin_batch
+
+    def counting_read(self, act, slots):
+        if self.mode == "exact" and self.pos_mask is not None:
+            counted["rows"] += int(self.pos_mask[act].sum())
+        return read_slots(self, act, slots)
+
+    def counting_begin(self, batch, view):
+        if self.mode == "epoch" and self.pos_slots is not None and batch.epoch != self.epoch:
+            counted["rows"] += int(self.pos_mask.sum())
+        return begin_batch(self, batch, view)
+
+    monkeypatch.setattr(fedmr.FedMRChunk, "read_slots", counting_read)
+    monkeypatch.setattr(fedmr.FedMRChunk, "begin_batch", counting_begin)
+    data = mm_dataset()
+    config = small_config("fedavg", method="fedmr", router_hidden=5, router_input=router_input,
+                          sample_ratio=1.0, local_epochs=3, batch_size=8)
+    run = FederatedRun(data, config)
+    run.train_round(1)
+    rows = fedmr_rows_per_round(np.asarray(data.train_sizes), config.local_epochs, config.batch_size,
+                                config.neg_ratio, router_input)
+    assert counted["rows"] == int(rows["history"].sum()) > 0
+    # by hand for one client: n_u = 13, 65 samples, batches of 64: 2 steps an epoch, 5 epochs
+    one = fedmr_rows_per_round([13], 5, 64, 4, router_input)
+    assert int(one["batch"][0]) == 325 and int(one["steps"][0]) == 10
+    assert int(one["history"][0]) == (130 if router_input == "exact" else 65)
