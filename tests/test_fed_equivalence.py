@@ -148,8 +148,8 @@ def test_same_seed_same_run_with_two_threads(backbone):
 
 def test_round_arithmetic_is_held_only_while_a_round_works():
     """Training and evaluation switch PyTorch's deterministic algorithms and the flushing of
-    denormal floats on (and the NaN fill of new memory off), and back: the caller's code between two rounds of ``FederatedRun``
-    runs with its own settings."""
+    denormal floats on (and the NaN fill of new memory off), and back: the caller's code between
+    two rounds of ``FederatedRun`` runs with its own settings."""
     from fedmm_lite.config import denormals_flushed as _denormals_flushed
     from fedmm_lite.fed.rounds import FederatedRun, round_arithmetic
 
